@@ -1,0 +1,109 @@
+//! Reaching a backend: TCP (and TLS for `https://` backends), the pooled
+//! client for plain HTTP, and the typed errors that decide 502 versus 504.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::Backend;
+use crate::stream::{BackendStream, MaybeTls};
+
+/// Why a backend could not be used. The proxy maps these to statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend refused the connection")]
+    Refused(#[source] io::Error),
+    #[error("backend did not answer in time")]
+    TimedOut,
+    #[error("TLS to the backend failed")]
+    Tls(#[source] io::Error),
+    #[error("backend broke the protocol: {0}")]
+    Protocol(&'static str),
+    #[error("backend connection failed")]
+    Io(#[source] io::Error),
+}
+
+/// Connects to a backend, with TLS when it is an `https://` backend.
+pub async fn connect(backend: &Backend, tls: &Arc<ClientConfig>) -> Result<BackendStream, BackendError> {
+    connect_to(&backend.host, backend.port, backend.tls, tls).await
+}
+
+async fn connect_to(
+    host: &str,
+    port: u16,
+    use_tls: bool,
+    tls: &Arc<ClientConfig>,
+) -> Result<BackendStream, BackendError> {
+    let host_for_dns = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = TcpStream::connect((host_for_dns, port)).await.map_err(|e| match e.kind() {
+        io::ErrorKind::TimedOut => BackendError::TimedOut,
+        _ => BackendError::Refused(e),
+    })?;
+    // WebSocket traffic is small messages; Nagle would add latency to each.
+    let _ = tcp.set_nodelay(true);
+    if !use_tls {
+        return Ok(MaybeTls::Plain(tcp));
+    }
+    let name = ServerName::try_from(host_for_dns.to_owned())
+        .map_err(|_| BackendError::Protocol("backend host is not a valid TLS server name"))?;
+    let stream = TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(BackendError::Tls)?;
+    Ok(MaybeTls::Tls(Box::new(stream)))
+}
+
+impl Connection for BackendStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+/// The connector behind the pooled HTTP client: the URI's scheme picks TLS.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    tls: Arc<ClientConfig>,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<BackendStream>;
+    type Error = BackendError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let use_tls = uri.scheme_str() == Some("https");
+            let host = uri.host().ok_or(BackendError::Protocol("backend URI without host"))?;
+            let port = uri.port_u16().unwrap_or(if use_tls { 443 } else { 80 });
+            connect_to(host, port, use_tls, &tls).await.map(TokioIo::new)
+        })
+    }
+}
+
+/// Pooled keep-alive client for plain HTTP requests.
+pub type HttpClient = hyper_util::client::legacy::Client<Connector, hyper::body::Incoming>;
+
+pub fn http_client(tls: Arc<ClientConfig>) -> HttpClient {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        // The client's own Host is forwarded, as HAProxy does; backends that
+        // route virtual hosts need it.
+        .set_host(false)
+        .build(Connector { tls })
+}

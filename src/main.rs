@@ -1,0 +1,46 @@
+//! The `sluice` binary: parse the command line, install logging, dispatch.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let result = match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => runtime().and_then(|rt| rt.block_on(sluice::daemon::run(config))),
+        Command::Demo => runtime().and_then(|rt| rt.block_on(sluice::demo::run())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {}", chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = sluice::config::Config::load(path)?;
+    sluice::shared::Snapshot::build(config)?;
+    println!("config ok");
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// `error: cause: cause` on one line.
+fn chain(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}

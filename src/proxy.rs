@@ -1,0 +1,284 @@
+//! The hyper service for one client connection: request sanity checks,
+//! routing, and plain HTTP forwarding. WebSocket handshakes go to `upgrade`.
+//!
+//! Every rejection is a [`ProxyError`]; [`ProxyError::status`] is the one
+//! table from error to status code, and each rejection logs one line.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::backend::BackendError;
+use crate::headers;
+use crate::route::{self, Picked};
+use crate::shared::{Shared, Snapshot};
+
+/// Response bodies: streamed from a backend, or made here.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Facts about one client connection, fixed at accept time.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+}
+
+/// What one connection's requests are served with.
+#[derive(Debug, Clone)]
+pub struct ConnCtx {
+    pub shared: Arc<Shared>,
+    pub snapshot: Arc<Snapshot>,
+    pub conn: ConnInfo,
+}
+
+/// Why a request was not proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("unsupported WebSocket version")]
+    WrongWebSocketVersion,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("no route")]
+    NoRoute,
+    #[error("origin not allowed")]
+    OriginForbidden,
+    #[error("handshake rate exceeded")]
+    HandshakeRate { retry_after: Duration },
+    #[error("too many connections from this address")]
+    TooManyConnections,
+    #[error("backend unavailable")]
+    Backend(#[from] BackendError),
+    #[error("backend timed out")]
+    BackendTimeout,
+    #[error("backend handshake invalid: {0}")]
+    BadBackendHandshake(&'static str),
+}
+
+/// Who is at fault, which decides the log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Backend,
+}
+
+impl ProxyError {
+    /// The contract's status table. Exhaustive: a new error must pick a status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::WrongWebSocketVersion => StatusCode::UPGRADE_REQUIRED,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::OriginForbidden => StatusCode::FORBIDDEN,
+            ProxyError::HandshakeRate { .. } | ProxyError::TooManyConnections => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ProxyError::Backend(BackendError::TimedOut) | ProxyError::BackendTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Backend(_) | ProxyError::BadBackendHandshake(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::WrongWebSocketVersion
+            | ProxyError::MethodNotAllowed
+            | ProxyError::NoRoute
+            | ProxyError::OriginForbidden
+            | ProxyError::HandshakeRate { .. }
+            | ProxyError::TooManyConnections => Fault::Client,
+            ProxyError::Backend(_) | ProxyError::BackendTimeout | ProxyError::BadBackendHandshake(_) => {
+                Fault::Backend
+            }
+        }
+    }
+
+    /// The short label used in logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::WrongWebSocketVersion | ProxyError::MethodNotAllowed => {
+                "bad_request"
+            }
+            ProxyError::NoRoute => "no_route",
+            ProxyError::OriginForbidden => "origin",
+            ProxyError::HandshakeRate { .. } => "rate",
+            ProxyError::TooManyConnections => "connections_per_ip",
+            ProxyError::Backend(BackendError::TimedOut) | ProxyError::BackendTimeout => "timeout",
+            ProxyError::Backend(_) | ProxyError::BadBackendHandshake(_) => "backend_error",
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let mut body = self.to_string();
+        body.push('\n');
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        match &self {
+            ProxyError::WrongWebSocketVersion => {
+                h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            }
+            ProxyError::HandshakeRate { retry_after } => {
+                // Whole seconds, at least 1, rounded up so a client that obeys it succeeds.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// Serves one request. Never fails: every error becomes a response.
+pub async fn serve(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let result = route_request(&ctx, req).await;
+    Ok(match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            let status = e.status().as_u16();
+            match e.fault() {
+                Fault::Client => tracing::info!(
+                    peer = %ctx.conn.peer, %method, path, status, reason = e.reason(), error = %e,
+                    "request rejected"
+                ),
+                Fault::Backend => tracing::warn!(
+                    peer = %ctx.conn.peer, %method, path, status, reason = e.reason(), error = %error_chain(&e),
+                    "request failed"
+                ),
+            }
+            e.into_response()
+        }
+    })
+}
+
+async fn route_request(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    let extended_connect = req.extensions().get::<hyper::ext::Protocol>().is_some();
+    if req.method() == Method::CONNECT && !extended_connect {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let host = request_host(&req)?;
+    let picked = ctx
+        .snapshot
+        .router
+        .pick(host.as_deref().map(route::host_without_port), req.uri().path())
+        .ok_or(ProxyError::NoRoute)?;
+    if extended_connect || crate::upgrade::is_websocket_request(&req) {
+        return crate::upgrade::handle(ctx, &picked, host.as_deref(), req).await;
+    }
+    forward(ctx, &picked, host.as_deref(), req).await
+}
+
+/// The request's host: `Host`, or `:authority` on h2. Two Host or two Origin
+/// headers are ambiguous, and a proxy and a backend that pick differently are
+/// a routing bypass, so both are refused (contract).
+fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("duplicate Host header"));
+    }
+    if req.headers().get_all(header::ORIGIN).iter().count() > 1 {
+        return Err(ProxyError::BadRequest("duplicate Origin header"));
+    }
+    let host = match host {
+        Some(v) => Some(v.to_str().map_err(|_| ProxyError::BadRequest("Host is not ASCII"))?.to_owned()),
+        None => None,
+    };
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    if req.version() == Version::HTTP_2 {
+        if let (Some(h), Some(a)) = (&host, &authority) {
+            if !h.eq_ignore_ascii_case(a) {
+                return Err(ProxyError::BadRequest("Host differs from :authority"));
+            }
+        }
+        return Ok(authority.or(host));
+    }
+    if req.version() == Version::HTTP_11 && host.is_none() {
+        return Err(ProxyError::BadRequest("missing Host header"));
+    }
+    Ok(host.or(authority))
+}
+
+/// Proxies an ordinary HTTP request with streaming bodies.
+async fn forward(
+    ctx: &ConnCtx,
+    picked: &Picked<'_>,
+    host: Option<&str>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let backend = picked.backend();
+    let (mut parts, body) = req.into_parts();
+    // Upgrade tokens other than websocket (h2c and others) are hop-by-hop and
+    // go with the rest: the request continues as plain HTTP (contract).
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let (_, xff) = headers::forwarded_for(
+        &parts.headers,
+        ctx.conn.peer.ip(),
+        &ctx.snapshot.config.server.trusted_proxies,
+    );
+    headers::set_forwarded(&mut parts.headers, xff, ctx.conn.tls, host);
+    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        parts.headers.insert(header::HOST, h);
+    }
+    let scheme = if backend.tls { "https" } else { "http" };
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    parts.uri = Uri::try_from(format!("{scheme}://{}{pq}", backend.authority()))
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    // Backends speak HTTP/1.1 whatever the client spoke.
+    parts.version = Version::HTTP_11;
+    let req = Request::from_parts(parts, body);
+
+    let timeout = ctx.snapshot.config.server.handshake_timeout;
+    let mut resp = match tokio::time::timeout(timeout, ctx.shared.http.request(req)).await {
+        Err(_) => return Err(ProxyError::BackendTimeout),
+        Ok(Err(e)) => return Err(classify_client_error(e)),
+        Ok(Ok(resp)) => resp,
+    };
+    headers::strip_hop_by_hop(resp.headers_mut());
+    Ok(resp.map(Either::Left))
+}
+
+fn classify_client_error(e: hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(be) = err.downcast_ref::<BackendError>() {
+            return match be {
+                BackendError::TimedOut => ProxyError::BackendTimeout,
+                BackendError::Refused(io) => ProxyError::Backend(BackendError::Refused(
+                    std::io::Error::new(io.kind(), io.to_string()),
+                )),
+                _ => ProxyError::BadBackendHandshake("backend connection failed"),
+            };
+        }
+        source = err.source();
+    }
+    ProxyError::Backend(BackendError::Io(std::io::Error::other(error_chain(&e))))
+}
+
+/// `error: cause: cause` on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}

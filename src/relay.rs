@@ -1,0 +1,710 @@
+//! The tunnel: relays the two byte streams of an upgraded WebSocket
+//! connection, reading every frame header as it passes and enforcing the
+//! frame rows of the contract.
+//!
+//! Owns: frame-boundary tracking per direction, the frame and message checks,
+//! the client message rate, idle and stalled-writer timeouts, and the Close
+//! frames sluice itself sends. Does not own: the handshake (`upgrade`), header
+//! parsing (`frame`), or what a tunnel may do before it exists (`policy`).
+//!
+//! Invariants on the wire:
+//! * A frame header is checked before any byte of it is forwarded; a frame
+//!   that breaks a rule never reaches the other side, not even its header.
+//! * Payload bytes are forwarded as they arrive: never unmasked, re-masked or
+//!   gathered into messages. Only a partial header (at most 14 bytes) or a
+//!   Close frame (at most 139 bytes, so its code can be checked) is held back.
+//! * sluice writes its own Close frames only at a frame boundary of the
+//!   stream it writes to, masked toward the backend (sluice is the client on
+//!   that leg) and unmasked toward the client.
+//!
+//! The relay is generic over the two streams so that it runs unchanged on raw
+//! TCP, TLS, or hyper's `Upgraded` (WebSocket over h2).
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, Notify};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+
+use crate::config::OnMessageRate;
+use crate::frame::{self, Header, HeaderError};
+use crate::policy::rate::MessageBucket;
+
+/// Bytes read from a socket in one go. 16 KiB holds one full TLS record.
+const BUF_LEN: usize = 16 * 1024;
+/// How long sluice keeps reading (and discarding) from a peer after it sent
+/// that peer a Close, so the peer's Close reply and in-flight data do not turn
+/// the TCP close into a reset that could destroy the Close frame in transit.
+const LINGER: Duration = Duration::from_secs(2);
+/// RSV1, which permessage-deflate (RFC 7692) uses to mark compressed messages.
+pub const RSV1: u8 = 0b100;
+
+/// Per-tunnel policy, resolved from the route when the tunnel opens.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub max_frame_bytes: u64,
+    pub max_message_bytes: u64,
+    /// RSV bits the negotiated extensions allow (`RSV1` with permessage-deflate).
+    pub allowed_rsv: u8,
+    pub idle_timeout: Duration,
+    /// Client-to-backend data messages per second, burst and what to do above.
+    pub message_rate: Option<(u32, u32, OnMessageRate)>,
+}
+
+/// Which way bytes flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ClientToBackend,
+    BackendToClient,
+}
+
+/// One of the two peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+impl Direction {
+    fn sender(self) -> Side {
+        match self {
+            Direction::ClientToBackend => Side::Client,
+            Direction::BackendToClient => Side::Backend,
+        }
+    }
+    fn receiver(self) -> Side {
+        match self {
+            Direction::ClientToBackend => Side::Backend,
+            Direction::BackendToClient => Side::Client,
+        }
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+        })
+    }
+}
+
+/// A rule a peer broke. Small and `Copy`: it is made on the hot path and
+/// formatted only when logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    FrameTooLarge { len: u64, max: u64 },
+    MessageTooLarge { len: u64, max: u64 },
+    UnmaskedClientFrame,
+    MaskedBackendFrame,
+    ControlFrameTooLong { len: u64 },
+    FragmentedControlFrame,
+    ReservedOpcode(u8),
+    ReservedBits(u8),
+    UnexpectedContinuation,
+    UnfinishedMessage,
+    NonMinimalLength,
+    LengthTopBitSet,
+    BadClose(frame::CloseError),
+    MessageRateExceeded,
+}
+
+impl Violation {
+    /// The Close code the sender gets. Exhaustive on purpose: a new rule must
+    /// decide its code here.
+    pub fn close_code(self) -> u16 {
+        match self {
+            Violation::FrameTooLarge { .. } | Violation::MessageTooLarge { .. } => 1009,
+            Violation::MessageRateExceeded => 1008,
+            Violation::UnmaskedClientFrame
+            | Violation::MaskedBackendFrame
+            | Violation::ControlFrameTooLong { .. }
+            | Violation::FragmentedControlFrame
+            | Violation::ReservedOpcode(_)
+            | Violation::ReservedBits(_)
+            | Violation::UnexpectedContinuation
+            | Violation::UnfinishedMessage
+            | Violation::NonMinimalLength
+            | Violation::LengthTopBitSet
+            | Violation::BadClose(_) => 1002,
+        }
+    }
+}
+
+impl From<HeaderError> for Violation {
+    fn from(e: HeaderError) -> Violation {
+        match e {
+            HeaderError::NonMinimalLength => Violation::NonMinimalLength,
+            HeaderError::LengthTopBitSet => Violation::LengthTopBitSet,
+        }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Violation::FrameTooLarge { len, max } => write!(f, "frame payload {len} > max_frame_bytes {max}"),
+            Violation::MessageTooLarge { len, max } => {
+                write!(f, "message size {len} > max_message_bytes {max}")
+            }
+            Violation::UnmaskedClientFrame => f.write_str("client frame not masked"),
+            Violation::MaskedBackendFrame => f.write_str("backend frame masked"),
+            Violation::ControlFrameTooLong { len } => write!(f, "control frame payload {len} > 125"),
+            Violation::FragmentedControlFrame => f.write_str("fragmented control frame"),
+            Violation::ReservedOpcode(op) => write!(f, "reserved opcode {op}"),
+            Violation::ReservedBits(rsv) => write!(f, "RSV bits {rsv:03b} without a negotiated extension"),
+            Violation::UnexpectedContinuation => f.write_str("continuation frame with no message open"),
+            Violation::UnfinishedMessage => f.write_str("new data frame while a fragmented message is open"),
+            Violation::NonMinimalLength => f.write_str("payload length not minimally encoded"),
+            Violation::LengthTopBitSet => f.write_str("64-bit payload length with the top bit set"),
+            Violation::BadClose(e) => write!(f, "invalid close frame: {e:?}"),
+            Violation::MessageRateExceeded => f.write_str("message rate exceeded"),
+        }
+    }
+}
+
+/// Why a tunnel ended; the first cause wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Both peers exchanged Close frames, or closed their streams cleanly.
+    Closed,
+    Violation { by: Side, violation: Violation },
+    Idle,
+    WriteStalled { toward: Side },
+    Drain,
+    /// A peer closed or reset its stream without sending a Close first.
+    Vanished(Side),
+}
+
+impl fmt::Display for Ending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ending::Closed => f.write_str("closed"),
+            Ending::Violation { by, violation } => write!(f, "violation by {by}: {violation}"),
+            Ending::Idle => f.write_str("idle timeout"),
+            Ending::WriteStalled { toward } => write!(f, "writes toward {toward} stalled"),
+            Ending::Drain => f.write_str("server shutting down"),
+            Ending::Vanished(side) => write!(f, "{side} went away without a close frame"),
+        }
+    }
+}
+
+/// What a finished tunnel did, for the access log and metrics.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub ending: Ending,
+    /// Bytes and frames, indexed by `Direction as usize`.
+    pub bytes: [u64; 2],
+    pub frames: [u64; 2],
+    /// Close codes sluice itself sent to (client, backend), 0 if none.
+    pub sent_close: [u16; 2],
+    pub duration: Duration,
+}
+
+/// State the two directions and the watchdog share. Each direction writes
+/// only its own counters; the close requests are how one direction asks the
+/// other to close the peer that only the other writes to.
+#[derive(Debug)]
+struct Control {
+    start: Instant,
+    /// Milliseconds since `start` when a byte last arrived from either side.
+    last_activity: AtomicU64,
+    /// Close code requested toward (client, backend); 0 = none.
+    close_request: [AtomicU16; 2],
+    /// Wakes the direction writing to (client, backend).
+    wake: [Notify; 2],
+    /// Close code sluice sent to (client, backend).
+    sent_close: [AtomicU16; 2],
+    /// A Close frame has passed in (client-to-backend, backend-to-client).
+    saw_close: [AtomicBool; 2],
+    done: [AtomicBool; 2],
+    watchdog: Notify,
+    bytes: [AtomicU64; 2],
+    frames: [AtomicU64; 2],
+    ending: OnceLock<Ending>,
+}
+
+impl Control {
+    fn new() -> Control {
+        Control {
+            start: Instant::now(),
+            last_activity: AtomicU64::new(0),
+            close_request: [AtomicU16::new(0), AtomicU16::new(0)],
+            wake: [Notify::new(), Notify::new()],
+            sent_close: [AtomicU16::new(0), AtomicU16::new(0)],
+            saw_close: [AtomicBool::new(false), AtomicBool::new(false)],
+            done: [AtomicBool::new(false), AtomicBool::new(false)],
+            watchdog: Notify::new(),
+            bytes: [AtomicU64::new(0), AtomicU64::new(0)],
+            frames: [AtomicU64::new(0), AtomicU64::new(0)],
+            ending: OnceLock::new(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_activity.store(ms, Ordering::Relaxed);
+    }
+
+    /// Asks the direction that writes to `side` to send it Close `code`.
+    fn request_close(&self, side: Side, code: u16) {
+        let i = side as usize;
+        let _ = self.close_request[i].compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.wake[i].notify_one();
+    }
+
+    fn end(&self, ending: Ending) {
+        let _ = self.ending.set(ending);
+    }
+}
+
+/// Runs a tunnel until both directions are finished.
+///
+/// `client_pre` / `backend_pre` are bytes hyper read past the handshake; they
+/// are scanned like any other bytes. `shutdown` turning true drains the
+/// tunnel: Close 1001 to both sides at their next frame boundary.
+pub async fn run<C, B>(
+    client: C,
+    client_pre: Bytes,
+    backend: B,
+    backend_pre: Bytes,
+    policy: Policy,
+    mut shutdown: watch::Receiver<bool>,
+) -> Report
+where
+    C: AsyncRead + AsyncWrite + Send + Unpin,
+    B: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let ctl = Control::new();
+    let (client_rd, client_wr) = tokio::io::split(client);
+    let (backend_rd, backend_wr) = tokio::io::split(backend);
+    let mut upstream = Half::new(Direction::ClientToBackend, client_rd, backend_wr, client_pre, &policy);
+    let mut downstream = Half::new(Direction::BackendToClient, backend_rd, client_wr, backend_pre, &policy);
+
+    let relay = async {
+        tokio::join!(upstream.run(&ctl, &policy), downstream.run(&ctl, &policy));
+    };
+    let watchdog = async {
+        let idle = policy.idle_timeout;
+        loop {
+            let last = Duration::from_millis(ctl.last_activity.load(Ordering::Relaxed));
+            let deadline = ctl.start + last + idle;
+            tokio::select! {
+                _ = sleep_until(deadline) => {
+                    if ctl.start.elapsed() >= Duration::from_millis(ctl.last_activity.load(Ordering::Relaxed)) + idle {
+                        ctl.end(Ending::Idle);
+                        ctl.request_close(Side::Client, 1001);
+                        ctl.request_close(Side::Backend, 1001);
+                        // An idle peer may sit mid-frame forever; do not wait for it.
+                        sleep(LINGER * 2).await;
+                        return;
+                    }
+                }
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        ctl.end(Ending::Drain);
+                        ctl.request_close(Side::Client, 1001);
+                        ctl.request_close(Side::Backend, 1001);
+                        // From here the daemon's shutdown_grace bounds the wait.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                _ = ctl.watchdog.notified() => {
+                    // One direction finished after the close handshake: the
+                    // other peer has nothing left to say, give it LINGER.
+                    let handshake_done = ctl.saw_close[0].load(Ordering::Acquire) && ctl.saw_close[1].load(Ordering::Acquire);
+                    if handshake_done && (ctl.done[0].load(Ordering::Acquire) || ctl.done[1].load(Ordering::Acquire)) {
+                        sleep(LINGER).await;
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = relay => {}
+        _ = watchdog => {}
+    }
+    let ending = ctl.ending.get().copied().unwrap_or(Ending::Closed);
+    Report {
+        ending,
+        bytes: [ctl.bytes[0].load(Ordering::Relaxed), ctl.bytes[1].load(Ordering::Relaxed)],
+        frames: [ctl.frames[0].load(Ordering::Relaxed), ctl.frames[1].load(Ordering::Relaxed)],
+        sent_close: [ctl.sent_close[0].load(Ordering::Relaxed), ctl.sent_close[1].load(Ordering::Relaxed)],
+        duration: ctl.start.elapsed(),
+    }
+}
+
+/// What processing one buffer asks the loop to do next.
+enum Step {
+    /// Everything processable was forwarded; read more.
+    Read,
+    /// A close was requested for our receiver and we are at a frame boundary.
+    InjectClose(u16),
+    Violation(Violation),
+    /// Our receiver stopped taking bytes (error or stall); already recorded.
+    WriteFailed,
+}
+
+/// One direction of a tunnel: reads from `src`, writes to `dst`.
+struct Half<R, W> {
+    dir: Direction,
+    src: R,
+    dst: W,
+    /// `buf[..held]` are bytes read but not yet processed: a partial header
+    /// or a partial Close frame. `held <= buf.len()`.
+    buf: Vec<u8>,
+    held: usize,
+    /// Payload bytes of the current frame not yet seen.
+    remaining: u64,
+    /// A fragmented data message is open (its last frame had FIN = 0).
+    in_message: bool,
+    /// Payload bytes of the open message so far.
+    message_len: u64,
+    /// Sluice has forwarded or sent a Close to `dst`.
+    closed_dst: bool,
+    bucket: Option<(MessageBucket, OnMessageRate)>,
+}
+
+impl<R, W> Half<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    fn new(dir: Direction, src: R, dst: W, pre: Bytes, policy: &Policy) -> Self {
+        let mut buf = vec![0u8; BUF_LEN.max(pre.len())];
+        buf[..pre.len()].copy_from_slice(&pre);
+        let bucket = match (dir, policy.message_rate) {
+            (Direction::ClientToBackend, Some((rate, burst, mode))) => {
+                Some((MessageBucket::new(rate, burst), mode))
+            }
+            _ => None,
+        };
+        Half {
+            dir,
+            src,
+            dst,
+            held: pre.len(),
+            buf,
+            remaining: 0,
+            in_message: false,
+            message_len: 0,
+            closed_dst: false,
+            bucket,
+        }
+    }
+
+    async fn run(&mut self, ctl: &Control, policy: &Policy) {
+        self.relay(ctl, policy).await;
+        ctl.done[self.dir.index()].store(true, Ordering::Release);
+        ctl.watchdog.notify_one();
+    }
+
+    async fn relay(&mut self, ctl: &Control, policy: &Policy) {
+        let receiver = self.dir.receiver() as usize;
+        // Bytes hyper handed over are processed before the first read.
+        let mut len = std::mem::take(&mut self.held);
+        loop {
+            if len > 0 {
+                match self.process(len, ctl, policy).await {
+                    Step::Read => {}
+                    Step::InjectClose(code) => return self.close_and_linger(code, "going away", ctl, policy).await,
+                    Step::Violation(v) => {
+                        ctl.end(Ending::Violation { by: self.dir.sender(), violation: v });
+                        ctl.request_close(self.dir.sender(), v.close_code());
+                        return self.close_and_linger(1001, "going away", ctl, policy).await;
+                    }
+                    Step::WriteFailed => return,
+                }
+            } else if self.remaining == 0 {
+                let code = ctl.close_request[receiver].load(Ordering::Acquire);
+                if code != 0 {
+                    return self.close_and_linger(code, close_reason(code), ctl, policy).await;
+                }
+            }
+            let held = self.held;
+            let read = tokio::select! {
+                r = self.src.read(&mut self.buf[held..]) => r,
+                _ = ctl.wake[receiver].notified() => {
+                    len = 0;
+                    continue;
+                }
+            };
+            match read {
+                Ok(0) | Err(_) => return self.source_ended(ctl, policy).await,
+                Ok(n) => {
+                    ctl.touch();
+                    ctl.bytes[self.dir.index()].fetch_add(n as u64, Ordering::Relaxed);
+                    len = held + n;
+                    self.held = 0;
+                }
+            }
+        }
+    }
+
+    /// Scans `buf[..len]`, forwarding whole checked frames and payload
+    /// pieces, and keeps an incomplete header or Close frame in `buf[..held]`.
+    async fn process(&mut self, len: usize, ctl: &Control, policy: &Policy) -> Step {
+        let receiver = self.dir.receiver() as usize;
+        let mut pos = 0;
+        let mut out = 0;
+        let step = loop {
+            if self.remaining > 0 {
+                let take = self.remaining.min((len - pos) as u64);
+                pos += take as usize;
+                self.remaining -= take;
+                if self.remaining > 0 {
+                    break Step::Read;
+                }
+            }
+            // At a frame boundary of the stream toward `dst`.
+            let code = ctl.close_request[receiver].load(Ordering::Acquire);
+            if code != 0 {
+                break Step::InjectClose(code);
+            }
+            if pos == len {
+                break Step::Read;
+            }
+            let header = match frame::parse_header(&self.buf[pos..len]) {
+                Err(e) => break Step::Violation(e.into()),
+                Ok(None) => break Step::Read,
+                Ok(Some(h)) => h,
+            };
+            if let Err(v) = self.check(&header, policy) {
+                break Step::Violation(v);
+            }
+            if header.opcode == frame::opcode::CLOSE {
+                let total = usize::from(header.header_len) + header.payload_len as usize;
+                if len - pos < total {
+                    break Step::Read;
+                }
+                if let Err(e) = check_close(&header, &self.buf[pos..pos + total]) {
+                    break Step::Violation(Violation::BadClose(e));
+                }
+                ctl.saw_close[self.dir.index()].store(true, Ordering::Release);
+                self.closed_dst = true;
+            }
+            if header.is_data() {
+                loop {
+                    let verdict = match &mut self.bucket {
+                        Some((bucket, mode)) => bucket.take(std::time::Instant::now()).map_err(|wait| (wait, *mode)),
+                        None => Ok(()),
+                    };
+                    match verdict {
+                        Ok(()) => break,
+                        Err((_, OnMessageRate::Close)) => {
+                            return self.finish_violation(out, pos, Violation::MessageRateExceeded, policy, ctl).await;
+                        }
+                        Err((wait, OnMessageRate::Throttle)) => {
+                            // Throttle: forward what is checked, then stop
+                            // reading so TCP pushes back on the client.
+                            if !self.forward(out, pos, policy, ctl).await {
+                                return Step::WriteFailed;
+                            }
+                            out = pos;
+                            sleep(wait).await;
+                        }
+                    }
+                }
+            }
+            self.account(&header);
+            ctl.frames[self.dir.index()].fetch_add(1, Ordering::Relaxed);
+            pos += usize::from(header.header_len);
+            self.remaining = header.payload_len;
+        };
+        if let Step::Violation(v) = step {
+            return self.finish_violation(out, pos, v, policy, ctl).await;
+        }
+        if !self.forward(out, pos, policy, ctl).await {
+            return Step::WriteFailed;
+        }
+        // Keep the unprocessed tail (an incomplete header or Close frame).
+        if matches!(step, Step::Read) && pos < len {
+            self.buf.copy_within(pos..len, 0);
+            self.held = len - pos;
+        } else {
+            self.held = 0;
+        }
+        step
+    }
+
+    async fn finish_violation(&mut self, out: usize, pos: usize, v: Violation, policy: &Policy, ctl: &Control) -> Step {
+        // Everything before the offending header was valid and goes on.
+        if !self.forward(out, pos, policy, ctl).await {
+            return Step::WriteFailed;
+        }
+        self.held = 0;
+        Step::Violation(v)
+    }
+
+    /// RFC 6455 §5 rules for one header, checked before any byte of it moves.
+    fn check(&self, h: &Header, policy: &Policy) -> Result<(), Violation> {
+        // §5.1: a client MUST mask every frame; a server MUST NOT mask any.
+        match (self.dir, h.mask.is_some()) {
+            (Direction::ClientToBackend, false) => return Err(Violation::UnmaskedClientFrame),
+            (Direction::BackendToClient, true) => return Err(Violation::MaskedBackendFrame),
+            _ => {}
+        }
+        // §5.2: reserved opcodes MUST fail the connection.
+        if h.is_reserved_opcode() {
+            return Err(Violation::ReservedOpcode(h.opcode));
+        }
+        if h.is_control() {
+            // §5.5: control frames MUST have a payload <= 125 and MUST NOT be fragmented.
+            if !h.fin {
+                return Err(Violation::FragmentedControlFrame);
+            }
+            if h.payload_len > 125 {
+                return Err(Violation::ControlFrameTooLong { len: h.payload_len });
+            }
+            // RFC 7692 §6: RSV1 is only meaningful on the first frame of a data message.
+            if h.rsv != 0 {
+                return Err(Violation::ReservedBits(h.rsv));
+            }
+            return Ok(());
+        }
+        let continuation = h.opcode == frame::opcode::CONTINUATION;
+        let allowed = if continuation { policy.allowed_rsv & !RSV1 } else { policy.allowed_rsv };
+        // §5.2: RSV bits MUST be 0 unless an extension defines them.
+        if h.rsv & !allowed != 0 {
+            return Err(Violation::ReservedBits(h.rsv));
+        }
+        // §5.4: fragments of one message are a data frame with FIN = 0 then
+        // continuations; messages may not interleave.
+        match (continuation, self.in_message) {
+            (true, false) => return Err(Violation::UnexpectedContinuation),
+            (false, true) => return Err(Violation::UnfinishedMessage),
+            _ => {}
+        }
+        if h.payload_len > policy.max_frame_bytes {
+            return Err(Violation::FrameTooLarge { len: h.payload_len, max: policy.max_frame_bytes });
+        }
+        let message = if continuation { self.message_len } else { 0 }.saturating_add(h.payload_len);
+        if message > policy.max_message_bytes {
+            return Err(Violation::MessageTooLarge { len: message, max: policy.max_message_bytes });
+        }
+        Ok(())
+    }
+
+    fn account(&mut self, h: &Header) {
+        if h.is_control() {
+            return;
+        }
+        if h.opcode == frame::opcode::CONTINUATION {
+            self.message_len += h.payload_len;
+        } else {
+            self.message_len = h.payload_len;
+        }
+        self.in_message = !h.fin;
+    }
+
+    /// Writes `buf[from..to]` to `dst`. A write that makes no progress for
+    /// `idle_timeout` counts as idle (contract) and ends the tunnel.
+    async fn forward(&mut self, from: usize, to: usize, policy: &Policy, ctl: &Control) -> bool {
+        if from == to {
+            return true;
+        }
+        let write = async {
+            self.dst.write_all(&self.buf[from..to]).await?;
+            self.dst.flush().await
+        };
+        match timeout(policy.idle_timeout, write).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => {
+                ctl.end(Ending::Vanished(self.dir.receiver()));
+                ctl.request_close(self.dir.sender(), 1001);
+                false
+            }
+            Err(_) => {
+                ctl.end(Ending::WriteStalled { toward: self.dir.receiver() });
+                ctl.request_close(self.dir.sender(), 1001);
+                false
+            }
+        }
+    }
+
+    /// The sender closed or reset its stream.
+    async fn source_ended(&mut self, ctl: &Control, policy: &Policy) {
+        if ctl.saw_close[self.dir.index()].load(Ordering::Acquire) {
+            ctl.end(Ending::Closed);
+        } else {
+            ctl.end(Ending::Vanished(self.dir.sender()));
+            if self.remaining == 0 && !self.closed_dst {
+                // The receiver would otherwise wait for a Close that never comes.
+                self.send_close(1001, "going away", ctl, policy).await;
+            }
+        }
+        // Pass the FIN on; the other direction keeps flowing (half-close).
+        let _ = timeout(LINGER, self.dst.shutdown()).await;
+    }
+
+    /// Sends our receiver a Close (unless one already went), ends the stream
+    /// toward it, then discards what the sender still says for a while.
+    async fn close_and_linger(&mut self, code: u16, reason: &str, ctl: &Control, policy: &Policy) {
+        if !self.closed_dst {
+            self.send_close(code, reason, ctl, policy).await;
+        }
+        let _ = timeout(LINGER, self.dst.shutdown()).await;
+        let deadline = Instant::now() + LINGER;
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, self.src.read(&mut self.buf)).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    async fn send_close(&mut self, code: u16, reason: &str, ctl: &Control, policy: &Policy) {
+        let mut out = [0u8; frame::CLOSE_FRAME_MAX];
+        let mask = match self.dir.receiver() {
+            Side::Backend => Some(mask_key()),
+            Side::Client => None,
+        };
+        let n = frame::encode_close(code, reason, mask, &mut out);
+        self.closed_dst = true;
+        let write = async {
+            self.dst.write_all(&out[..n]).await?;
+            self.dst.flush().await
+        };
+        if let Ok(Ok(())) = timeout(policy.idle_timeout.min(LINGER), write).await {
+            ctl.sent_close[self.dir.receiver() as usize].store(code, Ordering::Relaxed);
+        }
+    }
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        1009 => "frame too large",
+        1008 => "policy violation",
+        1002 => "protocol error",
+        _ => "going away",
+    }
+}
+
+/// Checks a whole Close frame (header included) from the wire.
+fn check_close(h: &Header, wire: &[u8]) -> Result<(), frame::CloseError> {
+    let mut payload = [0u8; 125];
+    let body = &wire[usize::from(h.header_len)..];
+    let payload = &mut payload[..body.len()];
+    payload.copy_from_slice(body);
+    if let Some(mask) = h.mask {
+        frame::apply_mask(payload, mask, 0);
+    }
+    frame::check_close_payload(payload).map(|_| ())
+}
+
+/// A masking key for the Close frames sluice sends to backends. RFC 6455 §5.3
+/// asks for unpredictable keys; std's randomly seeded hasher gives that
+/// without another dependency.
+fn mask_key() -> [u8; 4] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    (h.finish() as u32).to_ne_bytes()
+}

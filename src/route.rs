@@ -1,0 +1,146 @@
+//! Picking a route for a request: the first `[[route]]` whose host and path
+//! prefix match wins (contract). Pure apart from the round-robin cursor.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::config::{Backend, Config, Route};
+
+/// The routes of one config snapshot, in file order.
+#[derive(Debug)]
+pub struct Router {
+    routes: Vec<RouteEntry>,
+}
+
+#[derive(Debug)]
+struct RouteEntry {
+    route: Arc<Route>,
+    index: usize,
+    next: AtomicUsize,
+}
+
+/// A matched route: its position in the file (for logs and metrics) and its
+/// resolved settings.
+#[derive(Debug, Clone)]
+pub struct Picked<'a> {
+    pub index: usize,
+    pub route: &'a Arc<Route>,
+    next: &'a AtomicUsize,
+}
+
+impl Picked<'_> {
+    /// Round robin over the route's backends.
+    pub fn backend(&self) -> &Backend {
+        let backends = &self.route.backends;
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        &backends[n % backends.len()]
+    }
+}
+
+impl Router {
+    pub fn build(config: &Config) -> Router {
+        let routes = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(index, route)| RouteEntry {
+                route: Arc::new(route.clone()),
+                index,
+                next: AtomicUsize::new(0),
+            })
+            .collect();
+        Router { routes }
+    }
+
+    /// `host` is the request's host without port (any case); `path` the URI path.
+    pub fn pick(&self, host: Option<&str>, path: &str) -> Option<Picked<'_>> {
+        self.routes
+            .iter()
+            .find(|e| {
+                let host_ok = match (&e.route.host, host) {
+                    (None, _) => true,
+                    (Some(m), Some(h)) => m.matches(h),
+                    (Some(_), None) => false,
+                };
+                host_ok && path_matches(&e.route.path, path)
+            })
+            .map(|e| Picked {
+                index: e.index,
+                route: &e.route,
+                next: &e.next,
+            })
+    }
+}
+
+/// Prefix match on whole segments would surprise operators used to nginx's
+/// `location /ws`, which is a plain string prefix; sluice does the same.
+fn path_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix)
+}
+
+/// Splits the port off a Host / :authority value, handling `[v6]:port`.
+pub fn host_without_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return match rest.find(']') {
+            Some(end) => &authority[..end + 2],
+            None => authority,
+        };
+    }
+    match authority.rfind(':') {
+        Some(i) => &authority[..i],
+        None => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn router(toml: &str) -> Router {
+        Router::build(&Config::parse(toml, Path::new("test.toml")).unwrap())
+    }
+
+    const TWO_ROUTES: &str = r#"
+[server]
+listen_plain = ["127.0.0.1:0"]
+[[route]]
+host = "chat.example.com"
+path = "/ws"
+backends = ["127.0.0.1:9001", "127.0.0.1:9002"]
+[[route]]
+host = "*.example.com"
+backends = ["127.0.0.1:9003"]
+[[route]]
+path = "/api"
+backends = ["127.0.0.1:9004"]
+"#;
+
+    #[test]
+    fn first_match_wins_by_host_and_prefix() {
+        let r = router(TWO_ROUTES);
+        assert_eq!(r.pick(Some("chat.example.com"), "/ws/room").unwrap().index, 0);
+        assert_eq!(r.pick(Some("CHAT.example.com"), "/ws").unwrap().index, 0);
+        assert_eq!(r.pick(Some("chat.example.com"), "/other").unwrap().index, 1);
+        assert_eq!(r.pick(Some("a.b.example.com"), "/").unwrap().index, 1);
+        assert_eq!(r.pick(Some("example.com"), "/api/x").unwrap().index, 2);
+        assert!(r.pick(Some("example.com"), "/").is_none());
+        assert!(r.pick(None, "/ws").is_none());
+    }
+
+    #[test]
+    fn round_robin_over_backends() {
+        let r = router(TWO_ROUTES);
+        let p = r.pick(Some("chat.example.com"), "/ws").unwrap();
+        let ports: Vec<u16> = (0..4).map(|_| p.backend().port).collect();
+        assert_eq!(ports, [9001, 9002, 9001, 9002]);
+    }
+
+    #[test]
+    fn strips_ports() {
+        assert_eq!(host_without_port("a.com:8443"), "a.com");
+        assert_eq!(host_without_port("a.com"), "a.com");
+        assert_eq!(host_without_port("[::1]:80"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+    }
+}

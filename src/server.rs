@@ -1,0 +1,160 @@
+//! Listeners and the life of one client connection, top to bottom:
+//! accept → take the current snapshot → TLS handshake under
+//! `handshake_timeout` → serve HTTP/1.1 or h2 (with upgrades) until the
+//! client leaves or a drain asks the connection to finish.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+use crate::proxy::{self, ConnCtx, ConnInfo};
+use crate::shared::{Shared, Snapshot};
+use crate::stream::{ClientStream, MaybeTls};
+
+/// h2 header-list limit: large enough for real cookies, small enough that a
+/// CONTINUATION flood cannot make sluice buffer megabytes per stream.
+const H2_MAX_HEADER_LIST: u32 = 32 * 1024;
+/// Concurrent h2 streams per connection (RFC 9113 suggests at least 100).
+const H2_MAX_STREAMS: u32 = 128;
+/// Streams a client may reset before being answered; bounds rapid reset
+/// (CVE-2023-44487) work per connection.
+const H2_MAX_PENDING_RESETS: usize = 20;
+
+/// A bound listener.
+#[derive(Debug)]
+pub struct Listener {
+    pub listener: TcpListener,
+    pub tls: bool,
+}
+
+impl Listener {
+    pub async fn bind(addr: SocketAddr, tls: bool) -> io::Result<Listener> {
+        Ok(Listener {
+            listener: TcpListener::bind(addr).await?,
+            tls,
+        })
+    }
+
+    pub fn from_std(listener: std::net::TcpListener, tls: bool) -> io::Result<Listener> {
+        listener.set_nonblocking(true)?;
+        Ok(Listener {
+            listener: TcpListener::from_std(listener)?,
+            tls,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts until the drain starts. Each connection runs in its own task
+    /// with the snapshot that was current when it was accepted.
+    pub async fn serve(self, shared: Arc<Shared>) {
+        let mut shutdown = shared.shutdown_signal();
+        let local = self.listener.local_addr().ok();
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = crate::shared::drain_started(&mut shutdown) => break,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    let shared = shared.clone();
+                    let tls = self.tls;
+                    tokio::spawn(async move {
+                        let snapshot = shared.snapshot();
+                        connection(tcp, peer, tls, shared, snapshot).await;
+                    });
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off rather than spin, and keep
+                    // the listener (mini-redis does the same).
+                    tracing::warn!(listener = ?local, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        tracing::debug!(listener = ?local, "listener closed");
+    }
+}
+
+/// The life of one client connection.
+async fn connection(tcp: TcpStream, peer: SocketAddr, tls: bool, shared: Arc<Shared>, snapshot: Arc<Snapshot>) {
+    let _tracked = shared.http_conns.track();
+    let local = match tcp.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let _ = tcp.set_nodelay(true);
+    let handshake_timeout = snapshot.config.server.handshake_timeout;
+
+    let stream: ClientStream = if tls {
+        let Some(acceptor) = snapshot.acceptor.clone() else {
+            tracing::warn!(%peer, "TLS listener without a certificate");
+            return;
+        };
+        match timeout(handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => MaybeTls::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, timeout_ms = handshake_timeout.as_millis() as u64, "TLS handshake timed out");
+                return;
+            }
+        }
+    } else {
+        MaybeTls::Plain(tcp)
+    };
+
+    let ctx = ConnCtx {
+        shared: shared.clone(),
+        snapshot: snapshot.clone(),
+        conn: ConnInfo { peer, local, tls },
+    };
+    let service = service_fn(move |req| proxy::serve(ctx.clone(), req));
+    let builder = http_builder(handshake_timeout);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let mut shutdown = shared.shutdown_signal();
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = crate::shared::drain_started(&mut shutdown) => {
+            // Finish in-flight requests, then close (contract: drain).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %proxy::error_chain(e.as_ref()), "connection ended with an error");
+    }
+}
+
+/// The HTTP server settings. The header-read timeout only works with a timer
+/// installed; it is what cuts off a slowloris client.
+fn http_builder(handshake_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}

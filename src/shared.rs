@@ -1,0 +1,171 @@
+//! What every connection shares: the current config [`Snapshot`], swapped as
+//! one unit on reload, and the process-wide state that must outlive any one
+//! snapshot (the backend HTTP pool, per-IP tunnel counts, the drain signal).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::ClientConfig;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::backend::{self, HttpClient};
+use crate::config::{Config, ConfigError};
+use crate::policy::rate::{ConnectionCounts, HandshakeLimiter};
+use crate::route::Router;
+
+/// Everything derived from one config file. A connection takes one snapshot
+/// when it is accepted and keeps it to the end, so a reload never changes an
+/// open connection.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub acceptor: Option<TlsAcceptor>,
+    /// Handshake limiters, one per route, in route order.
+    pub handshake_limiters: Vec<HandshakeLimiter>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("config", &self.config.path)
+            .field("routes", &self.router)
+            .field("tls", &self.acceptor.is_some())
+            .finish()
+    }
+}
+
+impl Snapshot {
+    /// Builds a snapshot, loading certificates. Same path for `check`, `run`
+    /// and reload, so they cannot disagree.
+    pub fn build(config: Config) -> Result<Snapshot, ConfigError> {
+        let acceptor = crate::tls::load(&config)?.map(TlsAcceptor::from);
+        Ok(Snapshot::with_acceptor(config, acceptor))
+    }
+
+    /// Builds a snapshot around an acceptor made elsewhere (the demo's
+    /// in-memory certificate).
+    pub fn with_acceptor(config: Config, acceptor: Option<TlsAcceptor>) -> Snapshot {
+        let handshake_limiters = config
+            .routes
+            .iter()
+            .map(|r| HandshakeLimiter::new(r.limits.handshakes_per_second, r.limits.handshake_burst))
+            .collect();
+        Snapshot {
+            router: Router::build(&config),
+            config: Arc::new(config),
+            acceptor,
+            handshake_limiters,
+        }
+    }
+}
+
+/// Process-wide state.
+#[derive(Debug)]
+pub struct Shared {
+    current: ArcSwap<Snapshot>,
+    pub http: HttpClient,
+    pub backend_tls: Arc<ClientConfig>,
+    pub connections: Arc<ConnectionCounts>,
+    /// Open client connections (HTTP) and open tunnels, counted apart.
+    pub http_conns: Arc<Tracker>,
+    pub tunnels: Arc<Tracker>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot) -> Arc<Shared> {
+        Shared::with_backend_tls(snapshot, crate::tls::backend_client_config())
+    }
+
+    pub fn with_backend_tls(snapshot: Snapshot, backend_tls: Arc<ClientConfig>) -> Arc<Shared> {
+        Arc::new(Shared {
+            current: ArcSwap::from_pointee(snapshot),
+            http: backend::http_client(backend_tls.clone()),
+            backend_tls,
+            connections: Arc::new(ConnectionCounts::default()),
+            http_conns: Arc::default(),
+            tunnels: Arc::default(),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn replace(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+
+    pub fn replace_arc(&self, snapshot: Arc<Snapshot>) {
+        self.current.store(snapshot);
+    }
+
+    /// Turns true once when the process starts draining.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn start_drain(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub fn draining(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Drops idle per-IP limiter state; run periodically.
+    pub fn evict_idle(&self) {
+        for l in &self.snapshot().handshake_limiters {
+            l.evict_idle();
+        }
+    }
+}
+
+/// Resolves when the drain starts (or the process state is gone).
+pub async fn drain_started(rx: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here.
+    let _ = rx.wait_for(|draining| *draining).await.map(|_| ());
+}
+
+/// Counts live connections and tunnels so a drain knows when it is done.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    live: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Tracker {
+    pub fn track(self: &Arc<Self>) -> Tracked {
+        self.live.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Tracked(self.clone())
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once nothing is tracked.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.live() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One tracked connection or tunnel; dropping it untracks it.
+#[derive(Debug)]
+pub struct Tracked(Arc<Tracker>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The WebSocket handshake, from the client's request to an open tunnel.
+//!
+//! Checks run in the contract's order and the backend is not contacted until
+//! every local check has passed: validate (400/426) → origin (403) →
+//! handshake rate (429 + Retry-After) → per-IP tunnel cap (429) → backend
+//! connect and handshake within `handshake_timeout` (502/504). The backend's
+//! 101 is believed only if its `Sec-WebSocket-Accept` matches the key and its
+//! `Upgrade` is websocket; any other answer goes to the client as plain HTTP
+//! and no tunnel opens, so the client connection stays HTTP (no smuggling).
+//!
+//! WebSocket over h2 (RFC 8441 extended CONNECT) takes the same path and
+//! becomes an HTTP/1.1 upgrade toward the backend with a fresh key.
+
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{Empty, Either, Full};
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::backend::{self, BackendError};
+use crate::headers;
+use crate::policy::origin;
+use crate::policy::rate::ConnectionGuard;
+use crate::proxy::{Body, ConnCtx, ProxyError};
+use crate::relay::{self, RSV1};
+use crate::route::Picked;
+use crate::stream::{BackendStream, ClientStream};
+
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// An HTTP/1.1 request that asks for websocket in `Upgrade`. Requests whose
+/// `Upgrade` names only other protocols are not WebSocket requests: they are
+/// proxied as plain HTTP with `Upgrade` stripped.
+pub fn is_websocket_request<B>(req: &Request<B>) -> bool {
+    headers::has_token(req.headers(), header::UPGRADE, "websocket")
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(ACCEPT_GUID);
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// Handles a WebSocket handshake on a route that matched.
+pub async fn handle(
+    ctx: &ConnCtx,
+    picked: &Picked<'_>,
+    host: Option<&str>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let h2 = req.version() == Version::HTTP_2;
+    let key = validate(&req)?;
+    let route = picked.route;
+    let policy = &route.websocket;
+
+    let origin_value = req.headers().get(header::ORIGIN).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if !origin::allows(
+        policy.allowed_origins.as_deref(),
+        origin_value,
+        host,
+        ctx.conn.tls,
+        policy.allow_missing_origin,
+    ) {
+        tracing::info!(peer = %ctx.conn.peer, route = picked.index, origin = origin_value.unwrap_or("-"), "origin not allowed");
+        return Err(ProxyError::OriginForbidden);
+    }
+
+    let (client, xff) = headers::forwarded_for(
+        req.headers(),
+        ctx.conn.peer.ip(),
+        &ctx.snapshot.config.server.trusted_proxies,
+    );
+    ctx.snapshot.handshake_limiters[picked.index]
+        .check(client.ip)
+        .map_err(|retry_after| ProxyError::HandshakeRate { retry_after })?;
+    let guard = ctx
+        .shared
+        .connections
+        .try_acquire(client.ip, route.limits.max_connections_per_ip)
+        .ok_or(ProxyError::TooManyConnections)?;
+
+    // The request toward the backend: the client's end-to-end headers
+    // (subprotocols, extensions, cookies, authorization) plus our own.
+    let backend = picked.backend().clone();
+    let backend_key = match &key {
+        Some(k) => k.clone(),
+        None => HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(random_16()))
+            .expect("base64 is a valid header value"),
+    };
+    let mut out = Request::builder()
+        .method(Method::GET)
+        .uri(req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .version(Version::HTTP_11)
+        .body(Empty::<Bytes>::new())
+        .expect("a path from a parsed URI is a valid request target");
+    let mut hdrs = req.headers().clone();
+    headers::strip_hop_by_hop(&mut hdrs);
+    if policy.strip_compression {
+        strip_deflate_offer(&mut hdrs);
+    }
+    headers::set_forwarded(&mut hdrs, xff, ctx.conn.tls, host);
+    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        hdrs.insert(header::HOST, h);
+    }
+    hdrs.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    hdrs.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    hdrs.insert(header::SEC_WEBSOCKET_KEY, backend_key.clone());
+    hdrs.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    let offered_extensions = hdrs.get_all(header::SEC_WEBSOCKET_EXTENSIONS).iter().flat_map(extension_names).collect::<Vec<_>>();
+    let offered_protocols = tokens(&hdrs, header::SEC_WEBSOCKET_PROTOCOL);
+    *out.headers_mut() = hdrs;
+
+    let timeout = ctx.snapshot.config.server.handshake_timeout;
+    let tls = ctx.shared.backend_tls.clone();
+    let exchange = async {
+        let stream = backend::connect(&backend, &tls).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| BackendError::Protocol("HTTP handshake failed"))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        sender
+            .send_request(out)
+            .await
+            .map_err(|_| BackendError::Protocol("no valid response to the upgrade request"))
+    };
+    let mut resp = match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => return Err(ProxyError::BackendTimeout),
+        Ok(Err(e)) => return Err(ProxyError::Backend(e)),
+        Ok(Ok(resp)) => resp,
+    };
+
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Refused: pass the answer on as plain HTTP. hyper keeps reading the
+        // client connection as HTTP, so pipelined bytes never reach this
+        // backend as tunnel data.
+        tracing::info!(peer = %ctx.conn.peer, route = picked.index, status = resp.status().as_u16(), "backend refused upgrade");
+        headers::strip_hop_by_hop(resp.headers_mut());
+        return Ok(resp.map(Either::Left));
+    }
+    let negotiated = check_backend_101(
+        resp.headers(),
+        backend_key.as_bytes(),
+        &offered_extensions,
+        &offered_protocols,
+    )?;
+
+    let backend_upgrade = hyper::upgrade::on(&mut resp);
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let tunnel_policy = relay::Policy {
+        max_frame_bytes: policy.max_frame_bytes,
+        max_message_bytes: policy.max_message_bytes,
+        allowed_rsv: negotiated.allowed_rsv,
+        idle_timeout: ctx.snapshot.config.server.idle_timeout,
+        message_rate: Some((
+            route.limits.messages_per_second,
+            route.limits.message_burst,
+            route.limits.on_message_rate,
+        )),
+    };
+    let shutdown = ctx.shared.shutdown_signal();
+    let peer = ctx.conn.peer;
+    let route_index = picked.index;
+    let backend_addr = backend.authority();
+    let tracked = ctx.shared.tunnels.track();
+    // Spawned before the 101 is returned: hyper completes the client upgrade
+    // only after the response has been written.
+    tokio::spawn(async move {
+        let (client_io, backend_io) = match tokio::join!(client_upgrade, backend_upgrade) {
+            (Ok(c), Ok(b)) => (c, b),
+            (c, b) => {
+                tracing::warn!(%peer, route = route_index, client_ok = c.is_ok(), backend_ok = b.is_ok(), "upgrade did not complete");
+                return;
+            }
+        };
+        tunnel(client_io, backend_io, tunnel_policy, shutdown, guard, peer, route_index, backend_addr).await;
+        drop(tracked);
+    });
+
+    let mut reply = Response::builder();
+    for (name, value) in resp.headers() {
+        if !is_hop_by_hop(name) && !(h2 && name == header::SEC_WEBSOCKET_ACCEPT) {
+            reply = reply.header(name, value);
+        }
+    }
+    let reply = if h2 {
+        // RFC 8441 §5: a 2xx answers the extended CONNECT.
+        reply.status(StatusCode::OK)
+    } else {
+        reply
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "websocket")
+    };
+    Ok(reply
+        .body(Either::Right(Full::new(Bytes::new())))
+        .expect("headers copied from a parsed response are valid"))
+}
+
+fn is_hop_by_hop(name: &header::HeaderName) -> bool {
+    let mut probe = HeaderMap::new();
+    probe.insert(name.clone(), HeaderValue::from_static(""));
+    headers::strip_hop_by_hop(&mut probe);
+    probe.is_empty()
+}
+
+/// RFC 6455 §4.2.1 (and RFC 8441 §4 for h2). Returns the client's key on
+/// HTTP/1.1, `None` on h2, which has no key.
+fn validate<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
+    let h = req.headers();
+    let version = h.get(header::SEC_WEBSOCKET_VERSION);
+    if req.version() == Version::HTTP_2 {
+        if req.extensions().get::<hyper::ext::Protocol>().map(|p| p.as_str()) != Some("websocket") {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+    } else {
+        if req.version() != Version::HTTP_11 {
+            return Err(ProxyError::BadRequest("WebSocket upgrade needs HTTP/1.1"));
+        }
+        if req.method() != Method::GET {
+            return Err(ProxyError::BadRequest("WebSocket upgrade must be GET"));
+        }
+        if !headers::has_token(h, header::CONNECTION, "upgrade") {
+            return Err(ProxyError::BadRequest("Upgrade without Connection: upgrade"));
+        }
+    }
+    // An upgrade request has no body; one that carries one is either broken
+    // or trying to hide a second request in it.
+    let has_body = h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Err(ProxyError::BadRequest("WebSocket upgrade with a body"));
+    }
+    match version {
+        None => return Err(ProxyError::BadRequest("missing Sec-WebSocket-Version")),
+        Some(v) if v.as_bytes() != b"13" => return Err(ProxyError::WrongWebSocketVersion),
+        Some(_) => {}
+    }
+    if req.version() == Version::HTTP_2 {
+        return Ok(None);
+    }
+    let mut keys = h.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let key = keys.next().ok_or(ProxyError::BadRequest("missing Sec-WebSocket-Key"))?;
+    if keys.next().is_some() {
+        return Err(ProxyError::BadRequest("duplicate Sec-WebSocket-Key"));
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(key.as_bytes())
+        .map_err(|_| ProxyError::BadRequest("Sec-WebSocket-Key is not base64"))?;
+    if decoded.len() != 16 {
+        return Err(ProxyError::BadRequest("Sec-WebSocket-Key is not 16 bytes"));
+    }
+    Ok(Some(key.clone()))
+}
+
+/// What the backend's 101 negotiated.
+struct Negotiated {
+    allowed_rsv: u8,
+}
+
+/// Believes a 101 only if it is a real WebSocket acceptance of our key.
+fn check_backend_101(
+    h: &HeaderMap,
+    key: &[u8],
+    offered_extensions: &[String],
+    offered_protocols: &[String],
+) -> Result<Negotiated, ProxyError> {
+    if !headers::has_token(h, header::UPGRADE, "websocket") {
+        return Err(ProxyError::BadBackendHandshake("101 without Upgrade: websocket"));
+    }
+    let accept = h
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .ok_or(ProxyError::BadBackendHandshake("101 without Sec-WebSocket-Accept"))?;
+    if accept.as_bytes() != accept_key(key).as_bytes() {
+        return Err(ProxyError::BadBackendHandshake("Sec-WebSocket-Accept does not match the key"));
+    }
+    let mut allowed_rsv = 0;
+    for name in h.get_all(header::SEC_WEBSOCKET_EXTENSIONS).iter().flat_map(extension_names) {
+        // RFC 6455 §9.1: a server may only accept extensions the client offered.
+        if !offered_extensions.contains(&name) {
+            return Err(ProxyError::BadBackendHandshake("backend accepted an extension that was not offered"));
+        }
+        allowed_rsv |= if name == "permessage-deflate" { RSV1 } else { 0b111 };
+    }
+    let chosen = tokens(h, header::SEC_WEBSOCKET_PROTOCOL);
+    if chosen.len() > 1 || chosen.iter().any(|p| !offered_protocols.contains(p)) {
+        return Err(ProxyError::BadBackendHandshake("backend chose a subprotocol that was not offered"));
+    }
+    Ok(Negotiated { allowed_rsv })
+}
+
+fn extension_names(v: &HeaderValue) -> Vec<String> {
+    v.to_str()
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|offer| offer.split(';').next())
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+fn tokens(h: &HeaderMap, name: header::HeaderName) -> Vec<String> {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Removes permessage-deflate offers so frame limits apply to real payload sizes.
+fn strip_deflate_offer(h: &mut HeaderMap) {
+    let kept: Vec<String> = h
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter(|offer| {
+            let name = offer.split(';').next().unwrap_or("").trim();
+            !name.eq_ignore_ascii_case("permessage-deflate")
+        })
+        .map(|o| o.trim().to_owned())
+        .collect();
+    h.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+            h.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
+        }
+    }
+}
+
+fn random_16() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = [0u8; 16];
+    for chunk in out.chunks_mut(8) {
+        let v = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        chunk.copy_from_slice(&v.to_ne_bytes());
+    }
+    out
+}
+
+/// The life of an open tunnel: unwrap both upgraded streams to the raw
+/// sockets (dropping hyper's buffers, after taking the bytes they hold),
+/// relay, log one line, release the per-IP slot.
+#[allow(clippy::too_many_arguments)]
+async fn tunnel(
+    client: Upgraded,
+    backend: Upgraded,
+    policy: relay::Policy,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    guard: ConnectionGuard,
+    peer: std::net::SocketAddr,
+    route: usize,
+    backend_addr: String,
+) {
+    let (backend_io, backend_pre) = match backend.downcast::<TokioIo<BackendStream>>() {
+        Ok(parts) => (parts.io.into_inner(), parts.read_buf),
+        Err(upgraded) => {
+            let report = with_client(client, TokioIo::new(upgraded), Bytes::new(), policy, shutdown).await;
+            return log_report(&report, peer, route, &backend_addr, guard);
+        }
+    };
+    let report = with_client(client, backend_io, backend_pre, policy, shutdown).await;
+    log_report(&report, peer, route, &backend_addr, guard);
+}
+
+async fn with_client<B>(
+    client: Upgraded,
+    backend: B,
+    backend_pre: Bytes,
+    policy: relay::Policy,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> relay::Report
+where
+    B: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    // Behind hyper-util's auto builder the IO is wrapped in a private type;
+    // its own downcast helper unwraps it (hyper issue #3587).
+    match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<ClientStream>>(client) {
+        Ok(parts) => relay::run(parts.io.into_inner(), parts.read_buf, backend, backend_pre, policy, shutdown).await,
+        // WebSocket over h2: the stream is an h2 stream, relayed as it is.
+        Err(upgraded) => relay::run(TokioIo::new(upgraded), Bytes::new(), backend, backend_pre, policy, shutdown).await,
+    }
+}
+
+fn log_report(report: &relay::Report, peer: std::net::SocketAddr, route: usize, backend: &str, guard: ConnectionGuard) {
+    drop(guard);
+    tracing::info!(
+        %peer,
+        route,
+        backend,
+        ending = %report.ending,
+        close_to_client = report.sent_close[0],
+        close_to_backend = report.sent_close[1],
+        bytes_client_to_backend = report.bytes[0],
+        bytes_backend_to_client = report.bytes[1],
+        frames_client_to_backend = report.frames[0],
+        frames_backend_to_client = report.frames[1],
+        duration_ms = report.duration.as_millis() as u64,
+        "tunnel closed"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        // RFC 6455 §1.3.
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn deflate_offer_is_stripped_and_others_kept() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static("permessage-deflate; client_max_window_bits, x-foo"),
+        );
+        strip_deflate_offer(&mut h);
+        assert_eq!(h[header::SEC_WEBSOCKET_EXTENSIONS], "x-foo");
+    }
+}

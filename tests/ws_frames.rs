@@ -1,0 +1,188 @@
+//! Contract: the frame rows. A raw client writes hand-built frames; a raw
+//! backend records the exact bytes it received, so "no byte of that frame
+//! reached the other side" is asserted, not assumed.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// A tunnel between a raw client and a recording raw backend.
+async fn tunnel(websocket: &str) -> (Sluice, RawBackend, TcpStream) {
+    let backend = RawBackend::start(good_101).await;
+    let sluice = Sluice::to(backend.addr, "", &format!("[route.websocket]\n{websocket}")).await;
+    let client = raw_ws(sluice.plain_addr, "/").await;
+    (sluice, backend, client)
+}
+
+/// Waits until the backend has received `n` bytes (or fails the test).
+async fn backend_bytes(backend: &RawBackend, n: usize) -> Vec<u8> {
+    within("backend bytes", async {
+        loop {
+            let got = backend.received(0);
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+/// The client gets Close `code`; the backend gets exactly `valid` followed by
+/// a masked Close 1001 and nothing else.
+async fn assert_violation(client: &mut TcpStream, backend: &RawBackend, valid: &[u8], code: u16) {
+    let close = read_frame(client).await.expect("close to the client");
+    assert_eq!(close.close_code(), Some(code));
+    assert!(!close.masked);
+    let got = backend_bytes(backend, valid.len() + 8).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let got_all = backend.received(0);
+    assert_eq!(got_all.len(), got.len().max(valid.len() + 8), "extra bytes reached the backend");
+    assert_eq!(&got_all[..valid.len()], valid);
+    let mut rest = &got_all[valid.len()..];
+    let f = read_frame(&mut rest).await.unwrap();
+    assert!(f.masked, "sluice's close toward the backend is masked");
+    assert_eq!(f.close_code(), Some(1001));
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn frame_over_max_frame_bytes_is_1009_and_not_one_byte_crosses() {
+    let (_s, backend, mut client) = tunnel("max_frame_bytes = 1000").await;
+    let ok = frame_bytes(true, 0, 2, Some(KEY), &[7u8; 1000]);
+    let big = frame_bytes(true, 0, 2, Some(KEY), &[7u8; 1001]);
+    let mut wire = ok.clone();
+    wire.extend_from_slice(&big);
+    client.write_all(&wire).await.unwrap();
+    assert_violation(&mut client, &backend, &ok, 1009).await;
+}
+
+#[tokio::test]
+async fn fragmented_message_over_max_message_bytes_is_1009() {
+    let (_s, backend, mut client) = tunnel("max_frame_bytes = 100\nmax_message_bytes = 250").await;
+    let a = frame_bytes(false, 0, 1, Some(KEY), &[b'a'; 100]);
+    let b = frame_bytes(false, 0, 0, Some(KEY), &[b'b'; 100]);
+    let c = frame_bytes(true, 0, 0, Some(KEY), &[b'c'; 51]);
+    let mut wire = a.clone();
+    wire.extend_from_slice(&b);
+    wire.extend_from_slice(&c);
+    client.write_all(&wire).await.unwrap();
+    let mut valid = a;
+    valid.extend_from_slice(&b);
+    assert_violation(&mut client, &backend, &valid, 1009).await;
+}
+
+#[tokio::test]
+async fn unmasked_client_frame_is_1002() {
+    let (_s, backend, mut client) = tunnel("").await;
+    client.write_all(&frame_bytes(true, 0, 1, None, b"hi")).await.unwrap();
+    assert_violation(&mut client, &backend, &[], 1002).await;
+}
+
+#[tokio::test]
+async fn masked_backend_frame_is_1002_to_the_backend_and_1001_to_the_client() {
+    let backend = RawBackend::start(|head| {
+        let mut out = good_101(head);
+        out.extend(frame_bytes(true, 0, 1, Some(KEY), b"masked by a server"));
+        out
+    })
+    .await;
+    let sluice = Sluice::to(backend.addr, "", "").await;
+    let mut client = raw_ws(sluice.plain_addr, "/").await;
+    let close = read_frame(&mut client).await.unwrap();
+    assert_eq!(close.close_code(), Some(1001), "the client gets 1001 and none of the bad frame");
+    let got = backend_bytes(&backend, 8).await;
+    let mut s = &got[..];
+    let f = read_frame(&mut s).await.unwrap();
+    assert!(f.masked);
+    assert_eq!(f.close_code(), Some(1002));
+}
+
+#[tokio::test]
+async fn control_frame_rules_are_1002() {
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("ping > 125", frame_bytes(true, 0, 9, Some(KEY), &[0u8; 126])),
+        ("fragmented ping", frame_bytes(false, 0, 9, Some(KEY), b"x")),
+        ("reserved opcode 3", frame_bytes(true, 0, 3, Some(KEY), b"x")),
+        ("reserved opcode 11", frame_bytes(true, 0, 11, Some(KEY), b"x")),
+        ("RSV1 without extension", frame_bytes(true, 4, 1, Some(KEY), b"x")),
+        ("RSV3", frame_bytes(true, 1, 2, Some(KEY), b"x")),
+        ("continuation with no message", frame_bytes(true, 0, 0, Some(KEY), b"x")),
+        ("close with 1-byte payload", frame_bytes(true, 0, 8, Some(KEY), &[3])),
+        ("close code 1005", frame_bytes(true, 0, 8, Some(KEY), &1005u16.to_be_bytes())),
+        ("close code 999", frame_bytes(true, 0, 8, Some(KEY), &999u16.to_be_bytes())),
+        ("close code 5000", frame_bytes(true, 0, 8, Some(KEY), &5000u16.to_be_bytes())),
+        ("close reason not UTF-8", frame_bytes(true, 0, 8, Some(KEY), &[0x03, 0xe8, 0xff, 0xfe])),
+        // 16-bit length field carrying 5: not the minimal encoding.
+        ("non-minimal length", vec![0x81, 0x80 | 126, 0, 5, 1, 2, 3, 4, 1, 2, 3, 4, 5]),
+        // 64-bit length with the top bit set.
+        ("length top bit", vec![0x82, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4]),
+    ];
+    for (what, frame) in cases {
+        let (_s, backend, mut client) = tunnel("").await;
+        client.write_all(&frame).await.unwrap();
+        let close = read_frame(&mut client).await.unwrap_or_else(|| panic!("{what}: no close"));
+        assert_eq!(close.close_code(), Some(1002), "{what}");
+        let got = backend_bytes(&backend, 8).await;
+        let mut s = &got[..];
+        assert_eq!(read_frame(&mut s).await.unwrap().close_code(), Some(1001), "{what}");
+    }
+}
+
+#[tokio::test]
+async fn new_data_frame_inside_a_fragmented_message_is_1002() {
+    let (_s, backend, mut client) = tunnel("").await;
+    let first = frame_bytes(false, 0, 1, Some(KEY), b"part");
+    let mut wire = first.clone();
+    wire.extend(frame_bytes(true, 0, 1, Some(KEY), b"new"));
+    client.write_all(&wire).await.unwrap();
+    assert_violation(&mut client, &backend, &first, 1002).await;
+}
+
+#[tokio::test]
+async fn headers_split_at_every_byte_and_control_frames_between_fragments_pass() {
+    let (_s, backend, mut client) = tunnel("").await;
+    let mut wire = Vec::new();
+    wire.extend(frame_bytes(false, 0, 1, Some(KEY), &[b'a'; 300]));
+    wire.extend(frame_bytes(true, 0, 9, Some(KEY), b"ping"));
+    wire.extend(frame_bytes(false, 0, 0, Some(KEY), &[b'b'; 70_000]));
+    wire.extend(frame_bytes(true, 0, 10, Some(KEY), b""));
+    wire.extend(frame_bytes(true, 0, 0, Some(KEY), b"end"));
+    wire.extend(frame_bytes(true, 0, 8, Some(KEY), &1000u16.to_be_bytes()));
+    // Dribble the first 40 bytes one at a time, then the rest in odd chunks.
+    for b in &wire[..40] {
+        client.write_all(&[*b]).await.unwrap();
+        client.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for chunk in wire[40..].chunks(997) {
+        client.write_all(chunk).await.unwrap();
+    }
+    let got = backend_bytes(&backend, wire.len()).await;
+    assert_eq!(got, wire, "the backend receives the exact bytes, masked as sent");
+}
+
+#[tokio::test]
+async fn backend_that_vanishes_gets_the_client_a_1001() {
+    let backend = RawBackend::start(|head| {
+        // Answer, then the RawBackend keeps reading; we close it from the test
+        // by making the reply contain nothing else and dropping on EOF below.
+        good_101(head)
+    })
+    .await;
+    let sluice = Sluice::to(backend.addr, "", "").await;
+    let mut client = raw_ws(sluice.plain_addr, "/").await;
+    // The client vanishes: the backend must get a Close 1001.
+    client.shutdown().await.unwrap();
+    let got = backend_bytes(&backend, 8).await;
+    let mut s = &got[..];
+    let f = read_frame(&mut s).await.unwrap();
+    assert_eq!(f.close_code(), Some(1001));
+    drop(sluice);
+}
