@@ -30,6 +30,8 @@ pub enum Signal {
 pub struct Running {
     pub shared: Arc<Shared>,
     listeners: HashMap<(SocketAddr, bool), (SocketAddr, JoinHandle<()>)>,
+    /// The admin listener: (configured, bound, task).
+    admin: Option<(SocketAddr, SocketAddr, JoinHandle<()>)>,
 }
 
 impl Running {
@@ -38,6 +40,7 @@ impl Running {
         let mut running = Running {
             shared,
             listeners: HashMap::new(),
+            admin: None,
         };
         let config = running.shared.snapshot().config.clone();
         running.open_listeners(&config).await?;
@@ -52,6 +55,11 @@ impl Running {
     /// Bound addresses of the cleartext listeners.
     pub fn plain_addrs(&self) -> Vec<SocketAddr> {
         self.addrs(false)
+    }
+
+    /// Bound address of the admin listener.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, bound, _)| *bound)
     }
 
     fn addrs(&self, tls: bool) -> Vec<SocketAddr> {
@@ -99,6 +107,20 @@ impl Running {
             self.listeners.insert(*key, (bound, task));
             opened.push(*key);
         }
+        if self.admin.as_ref().map(|(want, _, _)| *want) != config.server.admin {
+            if let Some((_, _, task)) = self.admin.take() {
+                task.abort();
+            }
+            if let Some(addr) = config.server.admin {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (admin): {e}")))?;
+                let bound = listener.local_addr()?;
+                tracing::info!(addr = %bound, "admin listening");
+                let task = tokio::spawn(crate::admin::serve(listener, self.shared.clone()));
+                self.admin = Some((addr, bound, task));
+            }
+        }
         let stale: Vec<_> = self.listeners.keys().filter(|k| !wanted.contains(k)).copied().collect();
         for key in stale {
             if let Some((bound, task)) = self.listeners.remove(&key) {
@@ -111,6 +133,13 @@ impl Running {
 
     /// Loads `path` and, if it is good, swaps it in for new connections.
     pub async fn reload(&mut self, path: &Path) -> Result<(), ReloadError> {
+        let result = self.try_reload(path).await;
+        let label = crate::metrics::ResultLabel { result: if result.is_ok() { "ok" } else { "failed" } };
+        self.shared.metrics.reloads.get_or_create(&label).inc();
+        result
+    }
+
+    async fn try_reload(&mut self, path: &Path) -> Result<(), ReloadError> {
         let config = Config::load(path)?;
         let snapshot = Snapshot::build(config)?;
         let config = snapshot.config.clone();
@@ -136,6 +165,9 @@ impl Running {
             self.shared.http_conns.wait_idle().await;
         };
         let finished = tokio::time::timeout(grace, all_done).await.is_ok();
+        if let Some((_, _, task)) = self.admin {
+            task.abort();
+        }
         DrainReport {
             tunnels_at_start: tunnels_before,
             cut_tunnels: self.shared.tunnels.live(),

@@ -26,6 +26,7 @@
 //! network IO and are unit-tested with plain values.
 #![warn(missing_debug_implementations)]
 
+pub mod admin;
 pub mod backend;
 pub mod cli;
 pub mod config;
@@ -33,6 +34,7 @@ pub mod daemon;
 pub mod demo;
 pub mod frame;
 pub mod headers;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod relay;

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 
 use crate::backend::BackendError;
 use crate::headers;
+use crate::metrics::{RouteLabel, StatusLabel};
 use crate::route::{self, Picked};
 use crate::shared::{Shared, Snapshot};
 
@@ -181,7 +182,21 @@ async fn route_request(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response
     if extended_connect || crate::upgrade::is_websocket_request(&req) {
         return crate::upgrade::handle(ctx, &picked, host.as_deref(), req).await;
     }
-    forward(ctx, &picked, host.as_deref(), req).await
+    let metrics = &ctx.shared.metrics;
+    let route = RouteLabel { route: picked.label.to_owned() };
+    let in_flight = metrics.http_requests_in_flight.get_or_create(&route).clone();
+    in_flight.inc();
+    let result = forward(ctx, &picked, host.as_deref(), req).await;
+    in_flight.dec();
+    let status = match &result {
+        Ok(resp) => resp.status(),
+        Err(e) => e.status(),
+    };
+    metrics
+        .http_responses
+        .get_or_create(&StatusLabel { route: route.route, status: status.as_u16() })
+        .inc();
+    result
 }
 
 /// The request's host: `Host`, or `:authority` on h2. Two Host or two Origin

@@ -183,6 +183,20 @@ pub enum Ending {
     Vanished(Side),
 }
 
+impl Ending {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Ending::Closed => "closed",
+            Ending::Violation { .. } => "violation",
+            Ending::Idle => "idle",
+            Ending::WriteStalled { .. } => "write_stalled",
+            Ending::Drain => "drain",
+            Ending::Vanished(_) => "vanished",
+        }
+    }
+}
+
 impl fmt::Display for Ending {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -16,6 +16,7 @@ pub struct Router {
 struct RouteEntry {
     route: Arc<Route>,
     index: usize,
+    label: String,
     next: AtomicUsize,
 }
 
@@ -24,6 +25,8 @@ struct RouteEntry {
 #[derive(Debug, Clone)]
 pub struct Picked<'a> {
     pub index: usize,
+    /// `host/path` as written in the config (`*` for any host): the metrics label.
+    pub label: &'a str,
     pub route: &'a Arc<Route>,
     next: &'a AtomicUsize,
 }
@@ -44,6 +47,7 @@ impl Router {
             .iter()
             .enumerate()
             .map(|(index, route)| RouteEntry {
+                label: label(route),
                 route: Arc::new(route.clone()),
                 index,
                 next: AtomicUsize::new(0),
@@ -66,10 +70,20 @@ impl Router {
             })
             .map(|e| Picked {
                 index: e.index,
+                label: &e.label,
                 route: &e.route,
                 next: &e.next,
             })
     }
+}
+
+fn label(route: &Route) -> String {
+    let host = match &route.host {
+        None => "*".to_owned(),
+        Some(crate::config::HostMatch::Exact(h)) => h.clone(),
+        Some(crate::config::HostMatch::Suffix(s)) => format!("*{s}"),
+    };
+    format!("{host}{}", route.path)
 }
 
 /// Prefix match on whole segments would surprise operators used to nginx's

@@ -88,6 +88,10 @@ impl Listener {
 /// The life of one client connection.
 async fn connection(tcp: TcpStream, peer: SocketAddr, tls: bool, shared: Arc<Shared>, snapshot: Arc<Snapshot>) {
     let _tracked = shared.http_conns.track();
+    shared.metrics.http_connections_open.inc();
+    let _open = scopeguard(|| {
+        shared.metrics.http_connections_open.dec();
+    });
     let local = match tcp.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -136,6 +140,19 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, tls: bool, shared: Arc<Sha
     if let Err(e) = result {
         tracing::debug!(%peer, error = %proxy::error_chain(e.as_ref()), "connection ended with an error");
     }
+}
+
+/// Runs `f` when dropped, however the scope ends.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// The HTTP server settings. The header-read timeout only works with a timer

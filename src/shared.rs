@@ -70,6 +70,7 @@ pub struct Shared {
     /// Open client connections (HTTP) and open tunnels, counted apart.
     pub http_conns: Arc<Tracker>,
     pub tunnels: Arc<Tracker>,
+    pub metrics: crate::metrics::Metrics,
     shutdown: watch::Sender<bool>,
 }
 
@@ -86,6 +87,7 @@ impl Shared {
             connections: Arc::new(ConnectionCounts::default()),
             http_conns: Arc::default(),
             tunnels: Arc::default(),
+            metrics: crate::metrics::Metrics::new(),
             shutdown: watch::channel(false).0,
         })
     }

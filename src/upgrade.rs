@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::backend::{self, BackendError};
 use crate::headers;
 use crate::policy::origin;
-use crate::policy::rate::ConnectionGuard;
+use crate::metrics::{CloseLabel, EndingLabel, HandshakeLabel, Metrics, RouteLabel, TrafficLabel};
 use crate::proxy::{Body, ConnCtx, ProxyError};
 use crate::relay::{self, RSV1};
 use crate::route::Picked;
@@ -48,8 +48,34 @@ pub fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
-/// Handles a WebSocket handshake on a route that matched.
+/// Handles a WebSocket handshake on a route that matched, and counts its
+/// outcome.
 pub async fn handle(
+    ctx: &ConnCtx,
+    picked: &Picked<'_>,
+    host: Option<&str>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let started = std::time::Instant::now();
+    let result = handshake(ctx, picked, host, req).await;
+    let outcome = match &result {
+        Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS || resp.status() == StatusCode::OK => "accepted",
+        Ok(_) => "refused_by_backend",
+        Err(e) => e.reason(),
+    };
+    let metrics = &ctx.shared.metrics;
+    metrics
+        .handshakes
+        .get_or_create(&HandshakeLabel { route: picked.label.to_owned(), outcome })
+        .inc();
+    metrics
+        .handshake_seconds
+        .get_or_create(&RouteLabel { route: picked.label.to_owned() })
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn handshake(
     ctx: &ConnCtx,
     picked: &Picked<'_>,
     host: Option<&str>,
@@ -119,8 +145,16 @@ pub async fn handle(
 
     let timeout = ctx.snapshot.config.server.handshake_timeout;
     let tls = ctx.shared.backend_tls.clone();
+    let connect_histogram = ctx
+        .shared
+        .metrics
+        .backend_connect_seconds
+        .get_or_create(&RouteLabel { route: picked.label.to_owned() })
+        .clone();
     let exchange = async {
+        let connect_started = std::time::Instant::now();
         let stream = backend::connect(&backend, &tls).await?;
+        connect_histogram.observe(connect_started.elapsed().as_secs_f64());
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|_| BackendError::Protocol("HTTP handshake failed"))?;
@@ -167,21 +201,29 @@ pub async fn handle(
         )),
     };
     let shutdown = ctx.shared.shutdown_signal();
-    let peer = ctx.conn.peer;
-    let route_index = picked.index;
-    let backend_addr = backend.authority();
     let tracked = ctx.shared.tunnels.track();
+    let shared = ctx.shared.clone();
+    let log = TunnelLog {
+        peer: ctx.conn.peer,
+        route: picked.label.to_owned(),
+        backend: backend.authority(),
+    };
     // Spawned before the 101 is returned: hyper completes the client upgrade
     // only after the response has been written.
     tokio::spawn(async move {
         let (client_io, backend_io) = match tokio::join!(client_upgrade, backend_upgrade) {
             (Ok(c), Ok(b)) => (c, b),
             (c, b) => {
-                tracing::warn!(%peer, route = route_index, client_ok = c.is_ok(), backend_ok = b.is_ok(), "upgrade did not complete");
+                tracing::warn!(peer = %log.peer, route = log.route, client_ok = c.is_ok(), backend_ok = b.is_ok(), "upgrade did not complete");
                 return;
             }
         };
-        tunnel(client_io, backend_io, tunnel_policy, shutdown, guard, peer, route_index, backend_addr).await;
+        let open = shared.metrics.tunnels_open.get_or_create(&RouteLabel { route: log.route.clone() }).clone();
+        open.inc();
+        let report = tunnel(client_io, backend_io, tunnel_policy, shutdown).await;
+        open.dec();
+        drop(guard);
+        log.record(&report, &shared.metrics);
         drop(tracked);
     });
 
@@ -349,28 +391,18 @@ fn random_16() -> [u8; 16] {
 }
 
 /// The life of an open tunnel: unwrap both upgraded streams to the raw
-/// sockets (dropping hyper's buffers, after taking the bytes they hold),
-/// relay, log one line, release the per-IP slot.
-#[allow(clippy::too_many_arguments)]
+/// sockets (dropping hyper's buffers, after taking the bytes they hold) and
+/// relay.
 async fn tunnel(
     client: Upgraded,
     backend: Upgraded,
     policy: relay::Policy,
     shutdown: tokio::sync::watch::Receiver<bool>,
-    guard: ConnectionGuard,
-    peer: std::net::SocketAddr,
-    route: usize,
-    backend_addr: String,
-) {
-    let (backend_io, backend_pre) = match backend.downcast::<TokioIo<BackendStream>>() {
-        Ok(parts) => (parts.io.into_inner(), parts.read_buf),
-        Err(upgraded) => {
-            let report = with_client(client, TokioIo::new(upgraded), Bytes::new(), policy, shutdown).await;
-            return log_report(&report, peer, route, &backend_addr, guard);
-        }
-    };
-    let report = with_client(client, backend_io, backend_pre, policy, shutdown).await;
-    log_report(&report, peer, route, &backend_addr, guard);
+) -> relay::Report {
+    match backend.downcast::<TokioIo<BackendStream>>() {
+        Ok(parts) => with_client(client, parts.io.into_inner(), parts.read_buf, policy, shutdown).await,
+        Err(upgraded) => with_client(client, TokioIo::new(upgraded), Bytes::new(), policy, shutdown).await,
+    }
 }
 
 async fn with_client<B>(
@@ -392,12 +424,38 @@ where
     }
 }
 
-fn log_report(report: &relay::Report, peer: std::net::SocketAddr, route: usize, backend: &str, guard: ConnectionGuard) {
-    drop(guard);
-    tracing::info!(
-        %peer,
+/// Who a tunnel was for, for its access-log line.
+struct TunnelLog {
+    peer: std::net::SocketAddr,
+    route: String,
+    backend: String,
+}
+
+impl TunnelLog {
+    /// One access-log line per closed tunnel, and its metrics.
+    fn record(&self, report: &relay::Report, metrics: &Metrics) {
+        let route = &self.route;
+        for (i, direction) in ["client_to_backend", "backend_to_client"].into_iter().enumerate() {
+            let label = TrafficLabel { route: route.clone(), direction };
+            metrics.frames.get_or_create(&label).inc_by(report.frames[i]);
+            metrics.bytes.get_or_create(&label).inc_by(report.bytes[i]);
+        }
+        for (i, direction) in ["to_client", "to_backend"].into_iter().enumerate() {
+            if report.sent_close[i] != 0 {
+                metrics
+                    .closes
+                    .get_or_create(&CloseLabel { code: report.sent_close[i].to_string(), direction })
+                    .inc();
+            }
+        }
+        metrics
+            .tunnel_endings
+            .get_or_create(&EndingLabel { route: route.clone(), ending: report.ending.label() })
+            .inc();
+        tracing::info!(
+        peer = %self.peer,
         route,
-        backend,
+        backend = self.backend,
         ending = %report.ending,
         close_to_client = report.sent_close[0],
         close_to_backend = report.sent_close[1],
@@ -407,7 +465,8 @@ fn log_report(report: &relay::Report, peer: std::net::SocketAddr, route: usize, 
         frames_backend_to_client = report.frames[1],
         duration_ms = report.duration.as_millis() as u64,
         "tunnel closed"
-    );
+        );
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,148 @@
+//! Prometheus metrics: one registry per process, families named
+//! `sluice_<noun>_<unit>_total`. Counters are cheap atomics; the relay adds
+//! its byte and frame counts once, when a tunnel closes, so the hot loop never
+//! touches a shared cache line.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabel {
+    pub route: String,
+    /// `accepted`, or the rejection reason: origin, rate,
+    /// connections_per_ip, bad_request, backend_error, timeout, no_route.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrafficLabel {
+    pub route: String,
+    /// `client_to_backend` or `backend_to_client`.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabel {
+    /// The close code sluice sent.
+    pub code: String,
+    /// `to_client` or `to_backend`.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndingLabel {
+    pub route: String,
+    /// closed, violation, idle, write_stalled, drain, vanished.
+    pub ending: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every metric sluice exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub tunnels_open: Family<RouteLabel, Gauge>,
+    pub http_requests_in_flight: Family<RouteLabel, Gauge>,
+    pub http_connections_open: Gauge,
+    pub handshakes: Family<HandshakeLabel, Counter>,
+    pub http_responses: Family<StatusLabel, Counter>,
+    pub frames: Family<TrafficLabel, Counter>,
+    pub bytes: Family<TrafficLabel, Counter>,
+    pub closes: Family<CloseLabel, Counter>,
+    pub tunnel_endings: Family<EndingLabel, Counter>,
+    pub backend_connect_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub handshake_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub reloads: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sluice");
+        let m = Metrics {
+            tunnels_open: Family::default(),
+            http_requests_in_flight: Family::default(),
+            http_connections_open: Gauge::default(),
+            handshakes: Family::default(),
+            http_responses: Family::default(),
+            frames: Family::default(),
+            bytes: Family::default(),
+            closes: Family::default(),
+            tunnel_endings: Family::default(),
+            backend_connect_seconds: Family::new_with_constructor(latency_histogram),
+            handshake_seconds: Family::new_with_constructor(latency_histogram),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("ws_tunnels_open", "Open WebSocket tunnels", m.tunnels_open.clone());
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being proxied",
+            m.http_requests_in_flight.clone(),
+        );
+        registry.register(
+            "http_connections_open",
+            "Open client connections (HTTP/1.1 and h2)",
+            m.http_connections_open.clone(),
+        );
+        registry.register(
+            "ws_handshakes",
+            "WebSocket handshakes by outcome (accepted or the rejection reason)",
+            m.handshakes.clone(),
+        );
+        registry.register("http_responses", "HTTP responses by status", m.http_responses.clone());
+        registry.register("ws_frames", "WebSocket frames relayed", m.frames.clone());
+        registry.register("ws_bytes", "WebSocket bytes relayed", m.bytes.clone());
+        registry.register("ws_closes", "Close frames sent by sluice, by code", m.closes.clone());
+        registry.register("ws_tunnel_endings", "Why tunnels ended", m.tunnel_endings.clone());
+        registry.register(
+            "backend_connect_seconds",
+            "Time to connect to a backend",
+            m.backend_connect_seconds.clone(),
+        );
+        registry.register(
+            "ws_handshake_seconds",
+            "Time from upgrade request to the backend's answer",
+            m.handshake_seconds.clone(),
+        );
+        registry.register("reloads", "Config reloads by result", m.reloads.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
