@@ -34,7 +34,10 @@ pub enum BackendError {
 }
 
 /// Connects to a backend, with TLS when it is an `https://` backend.
-pub async fn connect(backend: &Backend, tls: &Arc<ClientConfig>) -> Result<BackendStream, BackendError> {
+pub async fn connect(
+    backend: &Backend,
+    tls: &Arc<ClientConfig>,
+) -> Result<BackendStream, BackendError> {
     connect_to(&backend.host, backend.port, backend.tls, tls).await
 }
 
@@ -45,10 +48,12 @@ async fn connect_to(
     tls: &Arc<ClientConfig>,
 ) -> Result<BackendStream, BackendError> {
     let host_for_dns = host.trim_start_matches('[').trim_end_matches(']');
-    let tcp = TcpStream::connect((host_for_dns, port)).await.map_err(|e| match e.kind() {
-        io::ErrorKind::TimedOut => BackendError::TimedOut,
-        _ => BackendError::Refused(e),
-    })?;
+    let tcp = TcpStream::connect((host_for_dns, port))
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut => BackendError::TimedOut,
+            _ => BackendError::Refused(e),
+        })?;
     // WebSocket traffic is small messages; Nagle would add latency to each.
     let _ = tcp.set_nodelay(true);
     if !use_tls {
@@ -88,9 +93,13 @@ impl tower_service::Service<Uri> for Connector {
         let tls = self.tls.clone();
         Box::pin(async move {
             let use_tls = uri.scheme_str() == Some("https");
-            let host = uri.host().ok_or(BackendError::Protocol("backend URI without host"))?;
+            let host = uri
+                .host()
+                .ok_or(BackendError::Protocol("backend URI without host"))?;
             let port = uri.port_u16().unwrap_or(if use_tls { 443 } else { 80 });
-            connect_to(host, port, use_tls, &tls).await.map(TokioIo::new)
+            connect_to(host, port, use_tls, &tls)
+                .await
+                .map(TokioIo::new)
         })
     }
 }

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about = "TLS-terminating WebSocket and HTTP reverse proxy with frame-level policy")]
+#[command(
+    name = "sluice",
+    version,
+    about = "TLS-terminating WebSocket and HTTP reverse proxy with frame-level policy"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

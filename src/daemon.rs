@@ -98,7 +98,10 @@ impl Running {
                             task.abort();
                         }
                     }
-                    return Err(io::Error::new(e.kind(), format!("cannot listen on {}: {e}", key.0)));
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {}: {e}", key.0),
+                    ));
                 }
             };
             let bound = listener.local_addr()?;
@@ -112,16 +115,21 @@ impl Running {
                 task.abort();
             }
             if let Some(addr) = config.server.admin {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (admin): {e}")))?;
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot listen on {addr} (admin): {e}"))
+                })?;
                 let bound = listener.local_addr()?;
                 tracing::info!(addr = %bound, "admin listening");
                 let task = tokio::spawn(crate::admin::serve(listener, self.shared.clone()));
                 self.admin = Some((addr, bound, task));
             }
         }
-        let stale: Vec<_> = self.listeners.keys().filter(|k| !wanted.contains(k)).copied().collect();
+        let stale: Vec<_> = self
+            .listeners
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
         for key in stale {
             if let Some((bound, task)) = self.listeners.remove(&key) {
                 tracing::info!(addr = %bound, tls = key.1, "listener closed by reload");
@@ -134,7 +142,9 @@ impl Running {
     /// Loads `path` and, if it is good, swaps it in for new connections.
     pub async fn reload(&mut self, path: &Path) -> Result<(), ReloadError> {
         let result = self.try_reload(path).await;
-        let label = crate::metrics::ResultLabel { result: if result.is_ok() { "ok" } else { "failed" } };
+        let label = crate::metrics::ResultLabel {
+            result: if result.is_ok() { "ok" } else { "failed" },
+        };
         self.shared.metrics.reloads.get_or_create(&label).inc();
         result
     }
@@ -197,6 +207,9 @@ pub enum ReloadError {
 
 /// `sluice run`: serve until SIGTERM/SIGINT.
 pub async fn run(path: PathBuf) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while starting must not take the
+    // default action (terminate) once the process has told systemd it is up.
+    let mut signals = Signals::new()?;
     let config = Config::load(&path)?;
     let snapshot = Snapshot::build(config)?;
     let shared = Shared::new(snapshot);
@@ -205,28 +218,28 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     notify(&[NotifyState::Ready]);
     tracing::info!(config = %path.display(), "sluice ready");
 
-    let mut signals = Signals::new()?;
-    loop {
-        match signals.next().await {
-            Signal::Reload => {
-                let mut states = vec![NotifyState::Reloading];
-                if let Ok(now) = NotifyState::monotonic_usec_now() {
-                    states.push(now);
-                }
-                notify(&states);
-                match running.reload(&path).await {
-                    Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
-                    Err(e) => tracing::error!(error = %e, "reload refused; the previous config keeps serving"),
-                }
-                notify(&[NotifyState::Ready]);
-            }
-            Signal::Shutdown => break,
+    while let Signal::Reload = signals.next().await {
+        let mut states = vec![NotifyState::Reloading];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            states.push(now);
         }
+        notify(&states);
+        match running.reload(&path).await {
+            Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the previous config keeps serving")
+            }
+        }
+        notify(&[NotifyState::Ready]);
     }
 
     notify(&[NotifyState::Stopping]);
     let grace = running.shared.snapshot().config.server.shutdown_grace;
-    tracing::info!(tunnels = running.shared.tunnels.live(), grace_ms = grace.as_millis() as u64, "draining");
+    tracing::info!(
+        tunnels = running.shared.tunnels.live(),
+        grace_ms = grace.as_millis() as u64,
+        "draining"
+    );
     let report = running.drain(grace).await;
     tracing::info!(
         drained_tunnels = report.tunnels_at_start - report.cut_tunnels.min(report.tunnels_at_start),

@@ -54,7 +54,8 @@ backends = ["{page}"]
 
 /// A certificate for localhost and 127.0.0.1 that lives only in memory.
 pub fn self_signed_acceptor() -> anyhow::Result<TlsAcceptor> {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
     let chain = vec![CertificateDer::from(cert.cert.der().to_vec())];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
     Ok(TlsAcceptor::from(crate::tls::server_config(chain, key)?))
@@ -69,8 +70,10 @@ async fn spawn_page_backend() -> std::io::Result<SocketAddr> {
                 let service = service_fn(|_req| async {
                     let mut resp = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
                     *resp.status_mut() = StatusCode::OK;
-                    resp.headers_mut()
-                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/html; charset=utf-8"),
+                    );
                     Ok::<_, Infallible>(resp)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -93,10 +96,8 @@ async fn spawn_echo_backend() -> std::io::Result<SocketAddr> {
                 };
                 let (mut tx, mut rx) = ws.split();
                 while let Some(Ok(msg)) = rx.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        if tx.send(msg).await.is_err() {
-                            break;
-                        }
+                    if (msg.is_text() || msg.is_binary()) && tx.send(msg).await.is_err() {
+                        break;
                     }
                 }
             });

@@ -103,7 +103,11 @@ impl Metrics {
             reloads: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("ws_tunnels_open", "Open WebSocket tunnels", m.tunnels_open.clone());
+        registry.register(
+            "ws_tunnels_open",
+            "Open WebSocket tunnels",
+            m.tunnels_open.clone(),
+        );
         registry.register(
             "http_requests_in_flight",
             "HTTP requests being proxied",
@@ -119,11 +123,23 @@ impl Metrics {
             "WebSocket handshakes by outcome (accepted or the rejection reason)",
             m.handshakes.clone(),
         );
-        registry.register("http_responses", "HTTP responses by status", m.http_responses.clone());
+        registry.register(
+            "http_responses",
+            "HTTP responses by status",
+            m.http_responses.clone(),
+        );
         registry.register("ws_frames", "WebSocket frames relayed", m.frames.clone());
         registry.register("ws_bytes", "WebSocket bytes relayed", m.bytes.clone());
-        registry.register("ws_closes", "Close frames sent by sluice, by code", m.closes.clone());
-        registry.register("ws_tunnel_endings", "Why tunnels ended", m.tunnel_endings.clone());
+        registry.register(
+            "ws_closes",
+            "Close frames sent by sluice, by code",
+            m.closes.clone(),
+        );
+        registry.register(
+            "ws_tunnel_endings",
+            "Why tunnels ended",
+            m.tunnel_endings.clone(),
+        );
         registry.register(
             "backend_connect_seconds",
             "Time to connect to a backend",

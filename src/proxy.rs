@@ -100,18 +100,18 @@ impl ProxyError {
             | ProxyError::OriginForbidden
             | ProxyError::HandshakeRate { .. }
             | ProxyError::TooManyConnections => Fault::Client,
-            ProxyError::Backend(_) | ProxyError::BackendTimeout | ProxyError::BadBackendHandshake(_) => {
-                Fault::Backend
-            }
+            ProxyError::Backend(_)
+            | ProxyError::BackendTimeout
+            | ProxyError::BadBackendHandshake(_) => Fault::Backend,
         }
     }
 
     /// The short label used in logs and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::WrongWebSocketVersion | ProxyError::MethodNotAllowed => {
-                "bad_request"
-            }
+            ProxyError::BadRequest(_)
+            | ProxyError::WrongWebSocketVersion
+            | ProxyError::MethodNotAllowed => "bad_request",
             ProxyError::NoRoute => "no_route",
             ProxyError::OriginForbidden => "origin",
             ProxyError::HandshakeRate { .. } => "rate",
@@ -128,10 +128,16 @@ impl ProxyError {
         let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         match &self {
             ProxyError::WrongWebSocketVersion => {
-                h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                h.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
             }
             ProxyError::HandshakeRate { retry_after } => {
                 // Whole seconds, at least 1, rounded up so a client that obeys it succeeds.
@@ -168,7 +174,10 @@ pub async fn serve(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body
     })
 }
 
-async fn route_request(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+async fn route_request(
+    ctx: &ConnCtx,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
     let extended_connect = req.extensions().get::<hyper::ext::Protocol>().is_some();
     if req.method() == Method::CONNECT && !extended_connect {
         return Err(ProxyError::MethodNotAllowed);
@@ -177,14 +186,22 @@ async fn route_request(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response
     let picked = ctx
         .snapshot
         .router
-        .pick(host.as_deref().map(route::host_without_port), req.uri().path())
+        .pick(
+            host.as_deref().map(route::host_without_port),
+            req.uri().path(),
+        )
         .ok_or(ProxyError::NoRoute)?;
     if extended_connect || crate::upgrade::is_websocket_request(&req) {
         return crate::upgrade::handle(ctx, &picked, host.as_deref(), req).await;
     }
     let metrics = &ctx.shared.metrics;
-    let route = RouteLabel { route: picked.label.to_owned() };
-    let in_flight = metrics.http_requests_in_flight.get_or_create(&route).clone();
+    let route = RouteLabel {
+        route: picked.label.to_owned(),
+    };
+    let in_flight = metrics
+        .http_requests_in_flight
+        .get_or_create(&route)
+        .clone();
     in_flight.inc();
     let result = forward(ctx, &picked, host.as_deref(), req).await;
     in_flight.dec();
@@ -194,7 +211,10 @@ async fn route_request(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response
     };
     metrics
         .http_responses
-        .get_or_create(&StatusLabel { route: route.route, status: status.as_u16() })
+        .get_or_create(&StatusLabel {
+            route: route.route,
+            status: status.as_u16(),
+        })
         .inc();
     result
 }
@@ -212,7 +232,11 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
         return Err(ProxyError::BadRequest("duplicate Origin header"));
     }
     let host = match host {
-        Some(v) => Some(v.to_str().map_err(|_| ProxyError::BadRequest("Host is not ASCII"))?.to_owned()),
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ProxyError::BadRequest("Host is not ASCII"))?
+                .to_owned(),
+        ),
         None => None,
     };
     let authority = req.uri().authority().map(|a| a.as_str().to_owned());
@@ -252,7 +276,11 @@ async fn forward(
         parts.headers.insert(header::HOST, h);
     }
     let scheme = if backend.tls { "https" } else { "http" };
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     parts.uri = Uri::try_from(format!("{scheme}://{}{pq}", backend.authority()))
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
     // Backends speak HTTP/1.1 whatever the client spoke.

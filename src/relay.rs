@@ -150,18 +150,28 @@ impl From<HeaderError> for Violation {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Violation::FrameTooLarge { len, max } => write!(f, "frame payload {len} > max_frame_bytes {max}"),
+            Violation::FrameTooLarge { len, max } => {
+                write!(f, "frame payload {len} > max_frame_bytes {max}")
+            }
             Violation::MessageTooLarge { len, max } => {
                 write!(f, "message size {len} > max_message_bytes {max}")
             }
             Violation::UnmaskedClientFrame => f.write_str("client frame not masked"),
             Violation::MaskedBackendFrame => f.write_str("backend frame masked"),
-            Violation::ControlFrameTooLong { len } => write!(f, "control frame payload {len} > 125"),
+            Violation::ControlFrameTooLong { len } => {
+                write!(f, "control frame payload {len} > 125")
+            }
             Violation::FragmentedControlFrame => f.write_str("fragmented control frame"),
             Violation::ReservedOpcode(op) => write!(f, "reserved opcode {op}"),
-            Violation::ReservedBits(rsv) => write!(f, "RSV bits {rsv:03b} without a negotiated extension"),
-            Violation::UnexpectedContinuation => f.write_str("continuation frame with no message open"),
-            Violation::UnfinishedMessage => f.write_str("new data frame while a fragmented message is open"),
+            Violation::ReservedBits(rsv) => {
+                write!(f, "RSV bits {rsv:03b} without a negotiated extension")
+            }
+            Violation::UnexpectedContinuation => {
+                f.write_str("continuation frame with no message open")
+            }
+            Violation::UnfinishedMessage => {
+                f.write_str("new data frame while a fragmented message is open")
+            }
             Violation::NonMinimalLength => f.write_str("payload length not minimally encoded"),
             Violation::LengthTopBitSet => f.write_str("64-bit payload length with the top bit set"),
             Violation::BadClose(e) => write!(f, "invalid close frame: {e:?}"),
@@ -175,9 +185,14 @@ impl fmt::Display for Violation {
 pub enum Ending {
     /// Both peers exchanged Close frames, or closed their streams cleanly.
     Closed,
-    Violation { by: Side, violation: Violation },
+    Violation {
+        by: Side,
+        violation: Violation,
+    },
     Idle,
-    WriteStalled { toward: Side },
+    WriteStalled {
+        toward: Side,
+    },
     Drain,
     /// A peer closed or reset its stream without sending a Close first.
     Vanished(Side),
@@ -270,7 +285,8 @@ impl Control {
     /// Asks the direction that writes to `side` to send it Close `code`.
     fn request_close(&self, side: Side, code: u16) {
         let i = side as usize;
-        let _ = self.close_request[i].compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        let _ =
+            self.close_request[i].compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         self.wake[i].notify_one();
     }
 
@@ -299,8 +315,20 @@ where
     let ctl = Control::new();
     let (client_rd, client_wr) = tokio::io::split(client);
     let (backend_rd, backend_wr) = tokio::io::split(backend);
-    let mut upstream = Half::new(Direction::ClientToBackend, client_rd, backend_wr, client_pre, &policy);
-    let mut downstream = Half::new(Direction::BackendToClient, backend_rd, client_wr, backend_pre, &policy);
+    let mut upstream = Half::new(
+        Direction::ClientToBackend,
+        client_rd,
+        backend_wr,
+        client_pre,
+        &policy,
+    );
+    let mut downstream = Half::new(
+        Direction::BackendToClient,
+        backend_rd,
+        client_wr,
+        backend_pre,
+        &policy,
+    );
 
     let relay = async {
         tokio::join!(upstream.run(&ctl, &policy), downstream.run(&ctl, &policy));
@@ -349,9 +377,18 @@ where
     let ending = ctl.ending.get().copied().unwrap_or(Ending::Closed);
     Report {
         ending,
-        bytes: [ctl.bytes[0].load(Ordering::Relaxed), ctl.bytes[1].load(Ordering::Relaxed)],
-        frames: [ctl.frames[0].load(Ordering::Relaxed), ctl.frames[1].load(Ordering::Relaxed)],
-        sent_close: [ctl.sent_close[0].load(Ordering::Relaxed), ctl.sent_close[1].load(Ordering::Relaxed)],
+        bytes: [
+            ctl.bytes[0].load(Ordering::Relaxed),
+            ctl.bytes[1].load(Ordering::Relaxed),
+        ],
+        frames: [
+            ctl.frames[0].load(Ordering::Relaxed),
+            ctl.frames[1].load(Ordering::Relaxed),
+        ],
+        sent_close: [
+            ctl.sent_close[0].load(Ordering::Relaxed),
+            ctl.sent_close[1].load(Ordering::Relaxed),
+        ],
         duration: ctl.start.elapsed(),
     }
 }
@@ -429,9 +466,14 @@ where
             if len > 0 {
                 match self.process(len, ctl, policy).await {
                     Step::Read => {}
-                    Step::InjectClose(code) => return self.close_and_linger(code, "going away", ctl, policy).await,
+                    Step::InjectClose(code) => {
+                        return self.close_and_linger(code, "going away", ctl, policy).await
+                    }
                     Step::Violation(v) => {
-                        ctl.end(Ending::Violation { by: self.dir.sender(), violation: v });
+                        ctl.end(Ending::Violation {
+                            by: self.dir.sender(),
+                            violation: v,
+                        });
                         ctl.request_close(self.dir.sender(), v.close_code());
                         return self.close_and_linger(1001, "going away", ctl, policy).await;
                     }
@@ -440,7 +482,9 @@ where
             } else if self.remaining == 0 {
                 let code = ctl.close_request[receiver].load(Ordering::Acquire);
                 if code != 0 {
-                    return self.close_and_linger(code, close_reason(code), ctl, policy).await;
+                    return self
+                        .close_and_linger(code, close_reason(code), ctl, policy)
+                        .await;
                 }
             }
             let held = self.held;
@@ -508,13 +552,23 @@ where
             if header.is_data() {
                 loop {
                     let verdict = match &mut self.bucket {
-                        Some((bucket, mode)) => bucket.take(std::time::Instant::now()).map_err(|wait| (wait, *mode)),
+                        Some((bucket, mode)) => bucket
+                            .take(std::time::Instant::now())
+                            .map_err(|wait| (wait, *mode)),
                         None => Ok(()),
                     };
                     match verdict {
                         Ok(()) => break,
                         Err((_, OnMessageRate::Close)) => {
-                            return self.finish_violation(out, pos, Violation::MessageRateExceeded, policy, ctl).await;
+                            return self
+                                .finish_violation(
+                                    out,
+                                    pos,
+                                    Violation::MessageRateExceeded,
+                                    policy,
+                                    ctl,
+                                )
+                                .await;
                         }
                         Err((wait, OnMessageRate::Throttle)) => {
                             // Throttle: forward what is checked, then stop
@@ -549,7 +603,14 @@ where
         step
     }
 
-    async fn finish_violation(&mut self, out: usize, pos: usize, v: Violation, policy: &Policy, ctl: &Control) -> Step {
+    async fn finish_violation(
+        &mut self,
+        out: usize,
+        pos: usize,
+        v: Violation,
+        policy: &Policy,
+        ctl: &Control,
+    ) -> Step {
         // Everything before the offending header was valid and goes on.
         if !self.forward(out, pos, policy, ctl).await {
             return Step::WriteFailed;
@@ -585,7 +646,11 @@ where
             return Ok(());
         }
         let continuation = h.opcode == frame::opcode::CONTINUATION;
-        let allowed = if continuation { policy.allowed_rsv & !RSV1 } else { policy.allowed_rsv };
+        let allowed = if continuation {
+            policy.allowed_rsv & !RSV1
+        } else {
+            policy.allowed_rsv
+        };
         // §5.2: RSV bits MUST be 0 unless an extension defines them.
         if h.rsv & !allowed != 0 {
             return Err(Violation::ReservedBits(h.rsv));
@@ -598,11 +663,17 @@ where
             _ => {}
         }
         if h.payload_len > policy.max_frame_bytes {
-            return Err(Violation::FrameTooLarge { len: h.payload_len, max: policy.max_frame_bytes });
+            return Err(Violation::FrameTooLarge {
+                len: h.payload_len,
+                max: policy.max_frame_bytes,
+            });
         }
         let message = if continuation { self.message_len } else { 0 }.saturating_add(h.payload_len);
         if message > policy.max_message_bytes {
-            return Err(Violation::MessageTooLarge { len: message, max: policy.max_message_bytes });
+            return Err(Violation::MessageTooLarge {
+                len: message,
+                max: policy.max_message_bytes,
+            });
         }
         Ok(())
     }
@@ -637,7 +708,9 @@ where
                 false
             }
             Err(_) => {
-                ctl.end(Ending::WriteStalled { toward: self.dir.receiver() });
+                ctl.end(Ending::WriteStalled {
+                    toward: self.dir.receiver(),
+                });
                 ctl.request_close(self.dir.sender(), 1001);
                 false
             }
@@ -667,7 +740,8 @@ where
         }
         let _ = timeout(LINGER, self.dst.shutdown()).await;
         let deadline = Instant::now() + LINGER;
-        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, self.src.read(&mut self.buf)).await {
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, self.src.read(&mut self.buf)).await
+        {
             if n == 0 {
                 break;
             }

@@ -133,7 +133,10 @@ backends = ["127.0.0.1:9004"]
     #[test]
     fn first_match_wins_by_host_and_prefix() {
         let r = router(TWO_ROUTES);
-        assert_eq!(r.pick(Some("chat.example.com"), "/ws/room").unwrap().index, 0);
+        assert_eq!(
+            r.pick(Some("chat.example.com"), "/ws/room").unwrap().index,
+            0
+        );
         assert_eq!(r.pick(Some("CHAT.example.com"), "/ws").unwrap().index, 0);
         assert_eq!(r.pick(Some("chat.example.com"), "/other").unwrap().index, 1);
         assert_eq!(r.pick(Some("a.b.example.com"), "/").unwrap().index, 1);

@@ -86,7 +86,13 @@ impl Listener {
 }
 
 /// The life of one client connection.
-async fn connection(tcp: TcpStream, peer: SocketAddr, tls: bool, shared: Arc<Shared>, snapshot: Arc<Snapshot>) {
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: bool,
+    shared: Arc<Shared>,
+    snapshot: Arc<Snapshot>,
+) {
     let _tracked = shared.http_conns.track();
     shared.metrics.http_connections_open.inc();
     let _open = scopeguard(|| {

@@ -49,7 +49,9 @@ impl Snapshot {
         let handshake_limiters = config
             .routes
             .iter()
-            .map(|r| HandshakeLimiter::new(r.limits.handshakes_per_second, r.limits.handshake_burst))
+            .map(|r| {
+                HandshakeLimiter::new(r.limits.handshakes_per_second, r.limits.handshake_burst)
+            })
             .collect();
         Snapshot {
             router: Router::build(&config),
@@ -166,7 +168,12 @@ pub struct Tracked(Arc<Tracker>);
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        if self.0.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+        if self
+            .0
+            .live
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
             self.0.idle.notify_waiters();
         }
     }

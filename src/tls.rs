@@ -40,9 +40,12 @@ pub fn load(config: &Config) -> Result<Option<Arc<ServerConfig>>, ConfigError> {
             format!("cannot load private key {}: {e}", key_path.display()),
         )
     })?;
-    server_config(certs, key)
-        .map(Some)
-        .map_err(|e| tls.key.error(&config.path, format!("key does not fit the certificate: {e}")))
+    server_config(certs, key).map(Some).map_err(|e| {
+        tls.key.error(
+            &config.path,
+            format!("key does not fit the certificate: {e}"),
+        )
+    })
 }
 
 /// A server config offering h2 and http/1.1 by ALPN.

@@ -15,7 +15,7 @@ use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{Empty, Either, Full};
+use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -24,8 +24,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::backend::{self, BackendError};
 use crate::headers;
-use crate::policy::origin;
 use crate::metrics::{CloseLabel, EndingLabel, HandshakeLabel, Metrics, RouteLabel, TrafficLabel};
+use crate::policy::origin;
 use crate::proxy::{Body, ConnCtx, ProxyError};
 use crate::relay::{self, RSV1};
 use crate::route::Picked;
@@ -59,18 +59,28 @@ pub async fn handle(
     let started = std::time::Instant::now();
     let result = handshake(ctx, picked, host, req).await;
     let outcome = match &result {
-        Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS || resp.status() == StatusCode::OK => "accepted",
+        Ok(resp)
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                || resp.status() == StatusCode::OK =>
+        {
+            "accepted"
+        }
         Ok(_) => "refused_by_backend",
         Err(e) => e.reason(),
     };
     let metrics = &ctx.shared.metrics;
     metrics
         .handshakes
-        .get_or_create(&HandshakeLabel { route: picked.label.to_owned(), outcome })
+        .get_or_create(&HandshakeLabel {
+            route: picked.label.to_owned(),
+            outcome,
+        })
         .inc();
     metrics
         .handshake_seconds
-        .get_or_create(&RouteLabel { route: picked.label.to_owned() })
+        .get_or_create(&RouteLabel {
+            route: picked.label.to_owned(),
+        })
         .observe(started.elapsed().as_secs_f64());
     result
 }
@@ -86,7 +96,10 @@ async fn handshake(
     let route = picked.route;
     let policy = &route.websocket;
 
-    let origin_value = req.headers().get(header::ORIGIN).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let origin_value = req
+        .headers()
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
     if !origin::allows(
         policy.allowed_origins.as_deref(),
         origin_value,
@@ -117,12 +130,19 @@ async fn handshake(
     let backend = picked.backend().clone();
     let backend_key = match &key {
         Some(k) => k.clone(),
-        None => HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(random_16()))
-            .expect("base64 is a valid header value"),
+        None => {
+            HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(random_16()))
+                .expect("base64 is a valid header value")
+        }
     };
     let mut out = Request::builder()
         .method(Method::GET)
-        .uri(req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .uri(
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
+        )
         .version(Version::HTTP_11)
         .body(Empty::<Bytes>::new())
         .expect("a path from a parsed URI is a valid request target");
@@ -138,8 +158,15 @@ async fn handshake(
     hdrs.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     hdrs.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     hdrs.insert(header::SEC_WEBSOCKET_KEY, backend_key.clone());
-    hdrs.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-    let offered_extensions = hdrs.get_all(header::SEC_WEBSOCKET_EXTENSIONS).iter().flat_map(extension_names).collect::<Vec<_>>();
+    hdrs.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
+    let offered_extensions = hdrs
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .flat_map(extension_names)
+        .collect::<Vec<_>>();
     let offered_protocols = tokens(&hdrs, header::SEC_WEBSOCKET_PROTOCOL);
     *out.headers_mut() = hdrs;
 
@@ -149,7 +176,9 @@ async fn handshake(
         .shared
         .metrics
         .backend_connect_seconds
-        .get_or_create(&RouteLabel { route: picked.label.to_owned() })
+        .get_or_create(&RouteLabel {
+            route: picked.label.to_owned(),
+        })
         .clone();
     let exchange = async {
         let connect_started = std::time::Instant::now();
@@ -218,7 +247,13 @@ async fn handshake(
                 return;
             }
         };
-        let open = shared.metrics.tunnels_open.get_or_create(&RouteLabel { route: log.route.clone() }).clone();
+        let open = shared
+            .metrics
+            .tunnels_open
+            .get_or_create(&RouteLabel {
+                route: log.route.clone(),
+            })
+            .clone();
         open.inc();
         let report = tunnel(client_io, backend_io, tunnel_policy, shutdown).await;
         open.dec();
@@ -227,31 +262,20 @@ async fn handshake(
         drop(tracked);
     });
 
-    let mut reply = Response::builder();
-    for (name, value) in resp.headers() {
-        if !is_hop_by_hop(name) && !(h2 && name == header::SEC_WEBSOCKET_ACCEPT) {
-            reply = reply.header(name, value);
-        }
-    }
-    let reply = if h2 {
-        // RFC 8441 §5: a 2xx answers the extended CONNECT.
-        reply.status(StatusCode::OK)
+    let mut reply_headers = std::mem::take(resp.headers_mut());
+    headers::strip_hop_by_hop(&mut reply_headers);
+    let mut reply = Response::new(Either::Right(Full::new(Bytes::new())));
+    if h2 {
+        // RFC 8441 §5: a 2xx answers the extended CONNECT; h2 has no accept key.
+        reply_headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+        *reply.status_mut() = StatusCode::OK;
     } else {
-        reply
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(header::CONNECTION, "Upgrade")
-            .header(header::UPGRADE, "websocket")
-    };
-    Ok(reply
-        .body(Either::Right(Full::new(Bytes::new())))
-        .expect("headers copied from a parsed response are valid"))
-}
-
-fn is_hop_by_hop(name: &header::HeaderName) -> bool {
-    let mut probe = HeaderMap::new();
-    probe.insert(name.clone(), HeaderValue::from_static(""));
-    headers::strip_hop_by_hop(&mut probe);
-    probe.is_empty()
+        reply_headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        reply_headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    }
+    *reply.headers_mut() = reply_headers;
+    Ok(reply)
 }
 
 /// RFC 6455 §4.2.1 (and RFC 8441 §4 for h2). Returns the client's key on
@@ -260,7 +284,12 @@ fn validate<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
     let h = req.headers();
     let version = h.get(header::SEC_WEBSOCKET_VERSION);
     if req.version() == Version::HTTP_2 {
-        if req.extensions().get::<hyper::ext::Protocol>().map(|p| p.as_str()) != Some("websocket") {
+        if req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .map(|p| p.as_str())
+            != Some("websocket")
+        {
             return Err(ProxyError::MethodNotAllowed);
         }
     } else {
@@ -271,13 +300,16 @@ fn validate<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
             return Err(ProxyError::BadRequest("WebSocket upgrade must be GET"));
         }
         if !headers::has_token(h, header::CONNECTION, "upgrade") {
-            return Err(ProxyError::BadRequest("Upgrade without Connection: upgrade"));
+            return Err(ProxyError::BadRequest(
+                "Upgrade without Connection: upgrade",
+            ));
         }
     }
     // An upgrade request has no body; one that carries one is either broken
     // or trying to hide a second request in it.
     let has_body = h.contains_key(header::TRANSFER_ENCODING)
-        || h.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+        || h.get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     if has_body {
         return Err(ProxyError::BadRequest("WebSocket upgrade with a body"));
     }
@@ -290,7 +322,9 @@ fn validate<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
         return Ok(None);
     }
     let mut keys = h.get_all(header::SEC_WEBSOCKET_KEY).iter();
-    let key = keys.next().ok_or(ProxyError::BadRequest("missing Sec-WebSocket-Key"))?;
+    let key = keys
+        .next()
+        .ok_or(ProxyError::BadRequest("missing Sec-WebSocket-Key"))?;
     if keys.next().is_some() {
         return Err(ProxyError::BadRequest("duplicate Sec-WebSocket-Key"));
     }
@@ -316,25 +350,43 @@ fn check_backend_101(
     offered_protocols: &[String],
 ) -> Result<Negotiated, ProxyError> {
     if !headers::has_token(h, header::UPGRADE, "websocket") {
-        return Err(ProxyError::BadBackendHandshake("101 without Upgrade: websocket"));
+        return Err(ProxyError::BadBackendHandshake(
+            "101 without Upgrade: websocket",
+        ));
     }
     let accept = h
         .get(header::SEC_WEBSOCKET_ACCEPT)
-        .ok_or(ProxyError::BadBackendHandshake("101 without Sec-WebSocket-Accept"))?;
+        .ok_or(ProxyError::BadBackendHandshake(
+            "101 without Sec-WebSocket-Accept",
+        ))?;
     if accept.as_bytes() != accept_key(key).as_bytes() {
-        return Err(ProxyError::BadBackendHandshake("Sec-WebSocket-Accept does not match the key"));
+        return Err(ProxyError::BadBackendHandshake(
+            "Sec-WebSocket-Accept does not match the key",
+        ));
     }
     let mut allowed_rsv = 0;
-    for name in h.get_all(header::SEC_WEBSOCKET_EXTENSIONS).iter().flat_map(extension_names) {
+    for name in h
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .flat_map(extension_names)
+    {
         // RFC 6455 §9.1: a server may only accept extensions the client offered.
         if !offered_extensions.contains(&name) {
-            return Err(ProxyError::BadBackendHandshake("backend accepted an extension that was not offered"));
+            return Err(ProxyError::BadBackendHandshake(
+                "backend accepted an extension that was not offered",
+            ));
         }
-        allowed_rsv |= if name == "permessage-deflate" { RSV1 } else { 0b111 };
+        allowed_rsv |= if name == "permessage-deflate" {
+            RSV1
+        } else {
+            0b111
+        };
     }
     let chosen = tokens(h, header::SEC_WEBSOCKET_PROTOCOL);
     if chosen.len() > 1 || chosen.iter().any(|p| !offered_protocols.contains(p)) {
-        return Err(ProxyError::BadBackendHandshake("backend chose a subprotocol that was not offered"));
+        return Err(ProxyError::BadBackendHandshake(
+            "backend chose a subprotocol that was not offered",
+        ));
     }
     Ok(Negotiated { allowed_rsv })
 }
@@ -384,7 +436,9 @@ fn random_16() -> [u8; 16] {
     use std::hash::{BuildHasher, Hasher};
     let mut out = [0u8; 16];
     for chunk in out.chunks_mut(8) {
-        let v = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let v = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
         chunk.copy_from_slice(&v.to_ne_bytes());
     }
     out
@@ -400,8 +454,26 @@ async fn tunnel(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> relay::Report {
     match backend.downcast::<TokioIo<BackendStream>>() {
-        Ok(parts) => with_client(client, parts.io.into_inner(), parts.read_buf, policy, shutdown).await,
-        Err(upgraded) => with_client(client, TokioIo::new(upgraded), Bytes::new(), policy, shutdown).await,
+        Ok(parts) => {
+            with_client(
+                client,
+                parts.io.into_inner(),
+                parts.read_buf,
+                policy,
+                shutdown,
+            )
+            .await
+        }
+        Err(upgraded) => {
+            with_client(
+                client,
+                TokioIo::new(upgraded),
+                Bytes::new(),
+                policy,
+                shutdown,
+            )
+            .await
+        }
     }
 }
 
@@ -418,9 +490,29 @@ where
     // Behind hyper-util's auto builder the IO is wrapped in a private type;
     // its own downcast helper unwraps it (hyper issue #3587).
     match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<ClientStream>>(client) {
-        Ok(parts) => relay::run(parts.io.into_inner(), parts.read_buf, backend, backend_pre, policy, shutdown).await,
+        Ok(parts) => {
+            relay::run(
+                parts.io.into_inner(),
+                parts.read_buf,
+                backend,
+                backend_pre,
+                policy,
+                shutdown,
+            )
+            .await
+        }
         // WebSocket over h2: the stream is an h2 stream, relayed as it is.
-        Err(upgraded) => relay::run(TokioIo::new(upgraded), Bytes::new(), backend, backend_pre, policy, shutdown).await,
+        Err(upgraded) => {
+            relay::run(
+                TokioIo::new(upgraded),
+                Bytes::new(),
+                backend,
+                backend_pre,
+                policy,
+                shutdown,
+            )
+            .await
+        }
     }
 }
 
@@ -435,22 +527,37 @@ impl TunnelLog {
     /// One access-log line per closed tunnel, and its metrics.
     fn record(&self, report: &relay::Report, metrics: &Metrics) {
         let route = &self.route;
-        for (i, direction) in ["client_to_backend", "backend_to_client"].into_iter().enumerate() {
-            let label = TrafficLabel { route: route.clone(), direction };
-            metrics.frames.get_or_create(&label).inc_by(report.frames[i]);
+        for (i, direction) in ["client_to_backend", "backend_to_client"]
+            .into_iter()
+            .enumerate()
+        {
+            let label = TrafficLabel {
+                route: route.clone(),
+                direction,
+            };
+            metrics
+                .frames
+                .get_or_create(&label)
+                .inc_by(report.frames[i]);
             metrics.bytes.get_or_create(&label).inc_by(report.bytes[i]);
         }
         for (i, direction) in ["to_client", "to_backend"].into_iter().enumerate() {
             if report.sent_close[i] != 0 {
                 metrics
                     .closes
-                    .get_or_create(&CloseLabel { code: report.sent_close[i].to_string(), direction })
+                    .get_or_create(&CloseLabel {
+                        code: report.sent_close[i].to_string(),
+                        direction,
+                    })
                     .inc();
             }
         }
         metrics
             .tunnel_endings
-            .get_or_create(&EndingLabel { route: route.clone(), ending: report.ending.label() })
+            .get_or_create(&EndingLabel {
+                route: route.clone(),
+                ending: report.ending.label(),
+            })
             .inc();
         tracing::info!(
         peer = %self.peer,
@@ -476,7 +583,10 @@ mod tests {
     #[test]
     fn accept_key_matches_rfc_example() {
         // RFC 6455 §1.3.
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]

@@ -19,7 +19,11 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn check(path: &Path) -> (bool, String, String) {
-    let out = Command::new(BIN).args(["check", "-c"]).arg(path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -36,7 +40,10 @@ fn version_prints_the_version() {
 
 #[test]
 fn check_accepts_the_shipped_example() {
-    let (ok, stdout, stderr) = check(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.toml")));
+    let (ok, stdout, stderr) = check(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/sluice.toml"
+    )));
     assert!(ok, "{stderr}");
     assert!(stdout.to_lowercase().contains("config ok"));
 }
@@ -83,7 +90,11 @@ fn check_rejects_bad_files_with_file_line_and_key() {
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{what}: one error line, got {stderr}");
         let expect = format!("bad.toml:{line}:");
-        assert!(lines[0].contains(&expect), "{what}: {} lacks {expect}", lines[0]);
+        assert!(
+            lines[0].contains(&expect),
+            "{what}: {} lacks {expect}",
+            lines[0]
+        );
         assert!(lines[0].contains(key), "{what}: {} lacks {key}", lines[0]);
     }
 }
@@ -117,7 +128,8 @@ fn run_serves_until_sigterm_then_exits_0() {
     // It serves: an unroutable backend gives 502, not a refused connection.
     let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
     use std::io::{Read, Write};
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut resp = String::new();
     tcp.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
@@ -128,7 +140,10 @@ fn run_serves_until_sigterm_then_exits_0() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "did not exit after SIGTERM");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");

@@ -29,7 +29,10 @@ struct Proc {
 impl Proc {
     fn start(config: &Path, notify: Option<&Path>) -> Proc {
         let mut cmd = Command::new(BIN);
-        cmd.args(["run", "-c"]).arg(config).env("RUST_LOG", "info").stderr(Stdio::piped());
+        cmd.args(["run", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped());
         if let Some(n) = notify {
             cmd.env("NOTIFY_SOCKET", n);
         }
@@ -50,10 +53,21 @@ impl Proc {
     async fn wait_line(&self, needle: &str, nth: usize) -> String {
         let t = Instant::now();
         loop {
-            if let Some(l) = self.lines.lock().unwrap().iter().filter(|l| l.contains(needle)).nth(nth - 1) {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .nth(nth - 1)
+            {
                 return l.clone();
             }
-            assert!(t.elapsed() < WAIT, "no log line with {needle:?}; got {:#?}", self.lines.lock().unwrap());
+            assert!(
+                t.elapsed() < WAIT,
+                "no log line with {needle:?}; got {:#?}",
+                self.lines.lock().unwrap()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -62,11 +76,20 @@ impl Proc {
     async fn addr(&self, needle: &str) -> std::net::SocketAddr {
         let line = self.wait_line(needle, 1).await;
         let at = line.find("addr=").unwrap() + 5;
-        line[at..].split_whitespace().next().unwrap().parse().unwrap()
+        line[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -127,7 +150,9 @@ async fn sighup_swaps_routes_for_new_connections_and_keeps_open_tunnels() {
     echo_once(&mut ws, Message::Text("before".into())).await;
 
     // Same listener, new backend.
-    let text = std::fs::read_to_string(&path).unwrap().replace(&first.addr.to_string(), &second.addr.to_string());
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&first.addr.to_string(), &second.addr.to_string());
     std::fs::write(&path, text).unwrap();
     proc.signal("HUP");
     proc.wait_line("config reloaded", 1).await;
@@ -139,7 +164,11 @@ async fn sighup_swaps_routes_for_new_connections_and_keeps_open_tunnels() {
     assert_eq!(second.connections(), 1);
 
     // A broken file is refused and the old config keeps serving.
-    std::fs::write(&path, "[server]\nlisten_plain = [\"127.0.0.1:0\"]\nbogus = 1\n").unwrap();
+    std::fs::write(
+        &path,
+        "[server]\nlisten_plain = [\"127.0.0.1:0\"]\nbogus = 1\n",
+    )
+    .unwrap();
     proc.signal("HUP");
     let err = proc.wait_line("reload refused", 1).await;
     assert!(err.contains("sluice.toml:3"), "{err}");
@@ -167,7 +196,10 @@ async fn sighup_renews_the_certificate_for_new_handshakes() {
         async move {
             let tcp = TcpStream::connect(addr).await.unwrap();
             let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+                .connect(
+                    rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                    tcp,
+                )
                 .await;
             tls.is_ok()
         }
@@ -178,7 +210,10 @@ async fn sighup_renews_the_certificate_for_new_handshakes() {
     std::fs::copy(&cert_b.key_path, dir.join("key.pem")).unwrap();
     proc.signal("HUP");
     proc.wait_line("config reloaded", 1).await;
-    assert!(presented(&cert_b).await, "new handshakes present the new certificate");
+    assert!(
+        presented(&cert_b).await,
+        "new handshakes present the new certificate"
+    );
     assert!(!presented(&cert_a).await, "the old certificate is gone");
 }
 
@@ -246,7 +281,10 @@ async fn admin_serves_healthz_and_metrics_that_move_with_traffic() {
     let mut ws = ws_plain(addr, "/").await;
     echo_once(&mut ws, Message::Binary(vec![1, 2, 3])).await;
     let (_, metrics) = http_get(admin, "/metrics").await;
-    assert!(metrics.contains("sluice_ws_tunnels_open{route=\"*/\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("sluice_ws_tunnels_open{route=\"*/\"} 1"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("sluice_ws_handshakes_total{route=\"*/\",outcome=\"accepted\"} 1"),
         "{metrics}"
@@ -256,7 +294,9 @@ async fn admin_serves_healthz_and_metrics_that_move_with_traffic() {
     let t = Instant::now();
     loop {
         let (_, metrics) = http_get(admin, "/metrics").await;
-        if metrics.contains("sluice_ws_frames_total{route=\"*/\",direction=\"client_to_backend\"} 2") {
+        if metrics
+            .contains("sluice_ws_frames_total{route=\"*/\",direction=\"client_to_backend\"} 2")
+        {
             break;
         }
         assert!(t.elapsed() < WAIT, "{metrics}");

@@ -56,7 +56,14 @@ async fn routes_by_host_and_path_first_match_wins() {
 #[tokio::test]
 async fn no_route_is_404() {
     let b = HttpEcho::start().await;
-    let s = Sluice::start("", &format!("[[route]]\nhost = \"a.test\"\nbackends = [\"{}\"]\n", b.addr)).await;
+    let s = Sluice::start(
+        "",
+        &format!(
+            "[[route]]\nhost = \"a.test\"\nbackends = [\"{}\"]\n",
+            b.addr
+        ),
+    )
+    .await;
     assert_eq!(get(&s, "b.test", "/").await.0, 404);
     assert_eq!(b.connections(), 0);
 }
@@ -65,7 +72,11 @@ async fn no_route_is_404() {
 async fn round_robin_over_backends() {
     let a = HttpEcho::start().await;
     let b = HttpEcho::start().await;
-    let s = Sluice::start("", &format!("[[route]]\nbackends = [\"{}\", \"{}\"]\n", a.addr, b.addr)).await;
+    let s = Sluice::start(
+        "",
+        &format!("[[route]]\nbackends = [\"{}\", \"{}\"]\n", a.addr, b.addr),
+    )
+    .await;
     for _ in 0..4 {
         assert_eq!(get(&s, "x", "/").await.0, 200);
     }
@@ -86,7 +97,13 @@ async fn hop_by_hop_removed_and_forwarded_headers_set() {
     within("body", tcp.read_to_string(&mut body)).await.unwrap();
     let body = body.to_lowercase();
     assert!(body.starts_with("get /h?q=1"), "{body}");
-    for gone in ["x-private", "keep-alive", "te:", "proxy-authorization", "6.6.6.6"] {
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "te:",
+        "proxy-authorization",
+        "6.6.6.6",
+    ] {
         assert!(!body.contains(gone), "{gone} was forwarded: {body}");
     }
     assert!(body.contains("x-kept: yes"));
@@ -105,7 +122,10 @@ async fn trusted_proxy_xff_is_appended() {
     raw_request(&mut tcp, req.as_bytes()).await;
     let mut body = String::new();
     within("body", tcp.read_to_string(&mut body)).await.unwrap();
-    assert!(body.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1"), "{body}");
+    assert!(
+        body.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -114,12 +134,17 @@ async fn streamed_100_mb_upload_arrives_intact() {
     let s = Sluice::to(b.addr, "", "").await;
     const CHUNK: usize = 1 << 20;
     const CHUNKS: usize = 100;
-    let chunk: Bytes = (0..CHUNK).map(|i| (i % 253) as u8).collect::<Vec<_>>().into();
+    let chunk: Bytes = (0..CHUNK)
+        .map(|i| (i % 253) as u8)
+        .collect::<Vec<_>>()
+        .into();
     let mut expect = FNV_OFFSET;
     for _ in 0..CHUNKS {
         expect = fnv(expect, &chunk);
     }
-    let stream = futures_util::stream::iter((0..CHUNKS).map(move |_| Ok::<_, std::io::Error>(Frame::data(chunk.clone()))));
+    let stream = futures_util::stream::iter(
+        (0..CHUNKS).map(move |_| Ok::<_, std::io::Error>(Frame::data(chunk.clone()))),
+    );
     let client = Client::builder(TokioExecutor::new()).build_http();
     let req = hyper::Request::post(format!("http://{}/upload", s.plain_addr))
         .body(StreamBody::new(stream))
@@ -131,8 +156,14 @@ async fn streamed_100_mb_upload_arrives_intact() {
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let body = String::from_utf8_lossy(&body);
-    assert!(body.contains(&format!("body-len: {}", CHUNK * CHUNKS)), "{body}");
-    assert!(body.contains(&format!("body-hash: {expect:016x}")), "{body}");
+    assert!(
+        body.contains(&format!("body-len: {}", CHUNK * CHUNKS)),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("body-hash: {expect:016x}")),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -167,7 +198,11 @@ async fn https_listener_proxies_http() {
     let b = HttpEcho::start().await;
     let s = Sluice::to(b.addr, "", "").await;
     let mut tls = s.tls_connect().await;
-    let (status, _) = raw_request(&mut tls, b"GET /secure HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    let (status, _) = raw_request(
+        &mut tls,
+        b"GET /secure HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(status, 200);
     let mut body = String::new();
     let _ = within("body", tls.read_to_string(&mut body)).await;
@@ -179,7 +214,9 @@ async fn slowloris_request_head_is_cut_off() {
     let b = HttpEcho::start().await;
     let s = Sluice::to(b.addr, "handshake_timeout = \"500ms\"", "").await;
     let mut tcp = TcpStream::connect(s.plain_addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let t = Instant::now();
     let mut sink = Vec::new();
     // Keep trickling header bytes; sluice must close the connection anyway.
@@ -198,7 +235,11 @@ async fn slowloris_request_head_is_cut_off() {
         }
     });
     closed.await;
-    assert!(t.elapsed() < Duration::from_secs(3), "cut off after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "cut off after {:?}",
+        t.elapsed()
+    );
     assert_eq!(b.connections(), 0);
 }
 

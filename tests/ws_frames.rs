@@ -43,7 +43,11 @@ async fn assert_violation(client: &mut TcpStream, backend: &RawBackend, valid: &
     let got = backend_bytes(backend, valid.len() + 8).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let got_all = backend.received(0);
-    assert_eq!(got_all.len(), got.len().max(valid.len() + 8), "extra bytes reached the backend");
+    assert_eq!(
+        got_all.len(),
+        got.len().max(valid.len() + 8),
+        "extra bytes reached the backend"
+    );
     assert_eq!(&got_all[..valid.len()], valid);
     let mut rest = &got_all[valid.len()..];
     let f = read_frame(&mut rest).await.unwrap();
@@ -81,7 +85,10 @@ async fn fragmented_message_over_max_message_bytes_is_1009() {
 #[tokio::test]
 async fn unmasked_client_frame_is_1002() {
     let (_s, backend, mut client) = tunnel("").await;
-    client.write_all(&frame_bytes(true, 0, 1, None, b"hi")).await.unwrap();
+    client
+        .write_all(&frame_bytes(true, 0, 1, None, b"hi"))
+        .await
+        .unwrap();
     assert_violation(&mut client, &backend, &[], 1002).await;
 }
 
@@ -96,7 +103,11 @@ async fn masked_backend_frame_is_1002_to_the_backend_and_1001_to_the_client() {
     let sluice = Sluice::to(backend.addr, "", "").await;
     let mut client = raw_ws(sluice.plain_addr, "/").await;
     let close = read_frame(&mut client).await.unwrap();
-    assert_eq!(close.close_code(), Some(1001), "the client gets 1001 and none of the bad frame");
+    assert_eq!(
+        close.close_code(),
+        Some(1001),
+        "the client gets 1001 and none of the bad frame"
+    );
     let got = backend_bytes(&backend, 8).await;
     let mut s = &got[..];
     let f = read_frame(&mut s).await.unwrap();
@@ -107,31 +118,73 @@ async fn masked_backend_frame_is_1002_to_the_backend_and_1001_to_the_client() {
 #[tokio::test]
 async fn control_frame_rules_are_1002() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("ping > 125", frame_bytes(true, 0, 9, Some(KEY), &[0u8; 126])),
+        (
+            "ping > 125",
+            frame_bytes(true, 0, 9, Some(KEY), &[0u8; 126]),
+        ),
         ("fragmented ping", frame_bytes(false, 0, 9, Some(KEY), b"x")),
-        ("reserved opcode 3", frame_bytes(true, 0, 3, Some(KEY), b"x")),
-        ("reserved opcode 11", frame_bytes(true, 0, 11, Some(KEY), b"x")),
-        ("RSV1 without extension", frame_bytes(true, 4, 1, Some(KEY), b"x")),
+        (
+            "reserved opcode 3",
+            frame_bytes(true, 0, 3, Some(KEY), b"x"),
+        ),
+        (
+            "reserved opcode 11",
+            frame_bytes(true, 0, 11, Some(KEY), b"x"),
+        ),
+        (
+            "RSV1 without extension",
+            frame_bytes(true, 4, 1, Some(KEY), b"x"),
+        ),
         ("RSV3", frame_bytes(true, 1, 2, Some(KEY), b"x")),
-        ("continuation with no message", frame_bytes(true, 0, 0, Some(KEY), b"x")),
-        ("close with 1-byte payload", frame_bytes(true, 0, 8, Some(KEY), &[3])),
-        ("close code 1005", frame_bytes(true, 0, 8, Some(KEY), &1005u16.to_be_bytes())),
-        ("close code 999", frame_bytes(true, 0, 8, Some(KEY), &999u16.to_be_bytes())),
-        ("close code 5000", frame_bytes(true, 0, 8, Some(KEY), &5000u16.to_be_bytes())),
-        ("close reason not UTF-8", frame_bytes(true, 0, 8, Some(KEY), &[0x03, 0xe8, 0xff, 0xfe])),
+        (
+            "continuation with no message",
+            frame_bytes(true, 0, 0, Some(KEY), b"x"),
+        ),
+        (
+            "close with 1-byte payload",
+            frame_bytes(true, 0, 8, Some(KEY), &[3]),
+        ),
+        (
+            "close code 1005",
+            frame_bytes(true, 0, 8, Some(KEY), &1005u16.to_be_bytes()),
+        ),
+        (
+            "close code 999",
+            frame_bytes(true, 0, 8, Some(KEY), &999u16.to_be_bytes()),
+        ),
+        (
+            "close code 5000",
+            frame_bytes(true, 0, 8, Some(KEY), &5000u16.to_be_bytes()),
+        ),
+        (
+            "close reason not UTF-8",
+            frame_bytes(true, 0, 8, Some(KEY), &[0x03, 0xe8, 0xff, 0xfe]),
+        ),
         // 16-bit length field carrying 5: not the minimal encoding.
-        ("non-minimal length", vec![0x81, 0x80 | 126, 0, 5, 1, 2, 3, 4, 1, 2, 3, 4, 5]),
+        (
+            "non-minimal length",
+            vec![0x81, 0x80 | 126, 0, 5, 1, 2, 3, 4, 1, 2, 3, 4, 5],
+        ),
         // 64-bit length with the top bit set.
-        ("length top bit", vec![0x82, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4]),
+        (
+            "length top bit",
+            vec![0x82, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4],
+        ),
     ];
     for (what, frame) in cases {
         let (_s, backend, mut client) = tunnel("").await;
         client.write_all(&frame).await.unwrap();
-        let close = read_frame(&mut client).await.unwrap_or_else(|| panic!("{what}: no close"));
+        let close = read_frame(&mut client)
+            .await
+            .unwrap_or_else(|| panic!("{what}: no close"));
         assert_eq!(close.close_code(), Some(1002), "{what}");
         let got = backend_bytes(&backend, 8).await;
         let mut s = &got[..];
-        assert_eq!(read_frame(&mut s).await.unwrap().close_code(), Some(1001), "{what}");
+        assert_eq!(
+            read_frame(&mut s).await.unwrap().close_code(),
+            Some(1001),
+            "{what}"
+        );
     }
 }
 
@@ -165,7 +218,10 @@ async fn headers_split_at_every_byte_and_control_frames_between_fragments_pass()
         client.write_all(chunk).await.unwrap();
     }
     let got = backend_bytes(&backend, wire.len()).await;
-    assert_eq!(got, wire, "the backend receives the exact bytes, masked as sent");
+    assert_eq!(
+        got, wire,
+        "the backend receives the exact bytes, masked as sent"
+    );
 }
 
 #[tokio::test]

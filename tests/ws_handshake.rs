@@ -75,14 +75,24 @@ async fn wrong_version_gets_426_with_version_13() {
     );
     let (status, head) = status_of(&s, req.as_bytes()).await;
     assert_eq!(status, 426);
-    assert_eq!(head_value(&head, "sec-websocket-version").as_deref(), Some("13"));
+    assert_eq!(
+        head_value(&head, "sec-websocket-version").as_deref(),
+        Some("13")
+    );
     assert_eq!(backend.connections(), 0);
 }
 
 #[tokio::test]
 async fn no_route_is_404() {
     let backend = EchoWs::start().await;
-    let s = Sluice::start("", &format!("[[route]]\npath = \"/ws\"\nbackends = [\"{}\"]\n", backend.addr)).await;
+    let s = Sluice::start(
+        "",
+        &format!(
+            "[[route]]\npath = \"/ws\"\nbackends = [\"{}\"]\n",
+            backend.addr
+        ),
+    )
+    .await;
     let (status, _) = status_of(&s, &upgrade_request(&host(&s), "/other", "")).await;
     assert_eq!(status, 404);
     assert_eq!(backend.connections(), 0);
@@ -130,7 +140,8 @@ async fn refused_upgrade_is_plain_http_and_next_request_is_parsed_again() {
     // The smuggling guard: the backend answers the upgrade with 200; the
     // client then sends a second request on the same connection, which must
     // be routed as HTTP (to the other route), never piped to this backend.
-    let refusing = RawBackend::start(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno".to_vec()).await;
+    let refusing =
+        RawBackend::start(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno".to_vec()).await;
     let http = HttpEcho::start().await;
     let s = Sluice::start(
         "",
@@ -142,7 +153,9 @@ async fn refused_upgrade_is_plain_http_and_next_request_is_parsed_again() {
     .await;
     let mut tcp = TcpStream::connect(s.plain_addr).await.unwrap();
     let mut both = upgrade_request(&host(&s), "/ws", "");
-    both.extend_from_slice(format!("GET /second HTTP/1.1\r\nHost: {}\r\n\r\n", host(&s)).as_bytes());
+    both.extend_from_slice(
+        format!("GET /second HTTP/1.1\r\nHost: {}\r\n\r\n", host(&s)).as_bytes(),
+    );
     let (status, head) = raw_request(&mut tcp, &both).await;
     assert_eq!(status, 200);
     assert_eq!(read_body(&mut tcp, &head).await, b"no");
@@ -151,14 +164,21 @@ async fn refused_upgrade_is_plain_http_and_next_request_is_parsed_again() {
     let body = String::from_utf8(read_body(&mut tcp, &head).await).unwrap();
     assert!(body.starts_with("GET /second"), "{body}");
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert!(refusing.received(0).is_empty(), "pipelined bytes reached the refusing backend");
+    assert!(
+        refusing.received(0).is_empty(),
+        "pipelined bytes reached the refusing backend"
+    );
 }
 
 #[tokio::test]
 async fn connect_is_405() {
     let backend = HttpEcho::start().await;
     let s = Sluice::to(backend.addr, "", "").await;
-    let (status, _) = status_of(&s, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n").await;
+    let (status, _) = status_of(
+        &s,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .await;
     assert_eq!(status, 405);
     assert_eq!(backend.connections(), 0);
 }
@@ -174,7 +194,9 @@ async fn h2c_upgrade_token_is_stripped_and_request_proxied_as_http() {
     let mut tcp = TcpStream::connect(s.plain_addr).await.unwrap();
     let (status, head) = raw_request(&mut tcp, req.as_bytes()).await;
     assert_eq!(status, 200);
-    let body = String::from_utf8(read_body(&mut tcp, &head).await).unwrap().to_lowercase();
+    let body = String::from_utf8(read_body(&mut tcp, &head).await)
+        .unwrap()
+        .to_lowercase();
     assert!(body.starts_with("get /plain"));
     assert!(!body.contains("upgrade:"), "{body}");
     assert!(!body.contains("http2-settings"), "{body}");

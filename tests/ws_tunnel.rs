@@ -24,7 +24,10 @@ async fn echo_over_ws_text_and_binary_at_boundary_sizes() {
     let mut ws = ws_plain(sluice.plain_addr, "/").await;
     for len in SIZES {
         echo_once(&mut ws, Message::Binary(payload(len))).await;
-        let text: String = payload(len).iter().map(|b| char::from(b'a' + b % 26)).collect();
+        let text: String = payload(len)
+            .iter()
+            .map(|b| char::from(b'a' + b % 26))
+            .collect();
         echo_once(&mut ws, Message::Text(text)).await;
     }
     ws.close(None).await.unwrap();
@@ -42,7 +45,10 @@ async fn echo_over_wss_text_and_binary_at_boundary_sizes() {
     assert_eq!(resp.status(), 101);
     for len in SIZES {
         echo_once(&mut ws, Message::Binary(payload(len))).await;
-        let text: String = payload(len).iter().map(|b| char::from(b'a' + b % 26)).collect();
+        let text: String = payload(len)
+            .iter()
+            .map(|b| char::from(b'a' + b % 26))
+            .collect();
         echo_once(&mut ws, Message::Text(text)).await;
     }
     ws.close(None).await.unwrap();
@@ -57,7 +63,9 @@ async fn subprotocol_and_handshake_headers_reach_the_backend() {
     h.insert("sec-websocket-protocol", "chat.v1,chat.v2".parse().unwrap());
     h.insert("cookie", "session=abc".parse().unwrap());
     h.insert("authorization", "Bearer t0ken".parse().unwrap());
-    let tcp = tokio::net::TcpStream::connect(sluice.plain_addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(sluice.plain_addr)
+        .await
+        .unwrap();
     let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
     assert_eq!(resp.headers()["sec-websocket-protocol"], "chat.v2");
     echo_once(&mut ws, Message::Text("hi".into())).await;
@@ -111,7 +119,13 @@ async fn half_close_passes_fin_and_other_direction_keeps_flowing() {
     let first = read_frame(&mut client).await.unwrap();
     assert_eq!(first.payload, b"late data");
     client
-        .write_all(&frame_bytes(true, 0, 8, Some([1, 2, 3, 4]), &1000u16.to_be_bytes()))
+        .write_all(&frame_bytes(
+            true,
+            0,
+            8,
+            Some([1, 2, 3, 4]),
+            &1000u16.to_be_bytes(),
+        ))
         .await
         .unwrap();
     client.shutdown().await.unwrap();

@@ -1,52 +1,1294 @@
-//! TEMPORARY STUB (replaced by the real config module).
-use std::net::SocketAddr;
+//! Config loading: the TOML file becomes a validated, resolved [`Config`] of
+//! plain values, or exactly one [`ConfigError`] naming `FILE:LINE: KEY`.
+//!
+//! Pipeline: read → deserialize [`raw`] (syntax, types, unknown keys) →
+//! validate with spans → resolve defaults and route overrides. `check`, `run`
+//! and a SIGHUP reload all go through [`Config::load`], so they cannot
+//! disagree. Certificates are loaded later (by `tls`), which reports through
+//! [`Located::error`] in the same format.
+//!
+//! Invariants of a `Config`: at least one listener and one route; TLS
+//! listeners only with `[tls]`; every route has a backend; no size, rate,
+//! burst, connection count or timeout is zero; every route carries its fully
+//! merged websocket and limits settings, so later stages never look at
+//! `[websocket]` or `[limits]` again.
+
+mod error;
+mod raw;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError { pub file: PathBuf, pub line: Option<usize>, pub key: String, pub problem: String }
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: {}: {}", self.file.display(), self.line.unwrap_or(0), self.key, self.problem)
+use ipnet::IpNet;
+use toml::Spanned;
+
+pub use error::ConfigError;
+pub use raw::parse_duration;
+
+use crate::policy::origin::{self, OriginPattern};
+use raw::{
+    HumanDuration, RawConfig, RawLimits, RawRoute, RawServer, RawTls, RawWebSocket, SpannedList,
+};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file as given on the command line; errors are reported against it.
+    pub path: PathBuf,
+    pub server: Server,
+    pub tls: Option<Tls>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// TLS listeners; non-empty only when `Config::tls` is set.
+    pub listen: Vec<SocketAddr>,
+    pub listen_plain: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// May be zero: stop at once without waiting for in-flight work.
+    pub shutdown_grace: Duration,
+    /// A bare address is stored as /32 or /128.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// Resolved against the config file's directory when relative.
+    pub cert: Located<PathBuf>,
+    pub key: Located<PathBuf>,
+}
+
+/// A value plus where it was written, so later stages (certificate loading)
+/// can report `FILE:LINE: KEY` like the parser does.
+#[derive(Debug, Clone)]
+pub struct Located<T> {
+    pub value: T,
+    pub line: usize,
+    pub key: &'static str,
+}
+
+impl<T> Located<T> {
+    pub fn error(&self, file: &Path, problem: impl Into<String>) -> ConfigError {
+        ConfigError::new(file, Some(self.line), self.key, problem)
     }
 }
-impl std::error::Error for ConfigError {}
 
-#[derive(Debug, Clone)] pub struct Config { pub path: PathBuf, pub server: Server, pub tls: Option<Tls>, pub routes: Vec<Route> }
-#[derive(Debug, Clone)] pub struct Server {
-    pub listen: Vec<SocketAddr>, pub listen_plain: Vec<SocketAddr>, pub admin: Option<SocketAddr>,
-    pub handshake_timeout: Duration, pub idle_timeout: Duration, pub shutdown_grace: Duration,
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Lower-cased; `None` matches any host, including a request without one.
+    pub host: Option<HostMatch>,
+    /// Plain string prefix of the request path; starts with '/'.
+    pub path: String,
+    /// Never empty.
+    pub backends: Vec<Backend>,
+    pub websocket: WebSocketPolicy,
+    pub limits: Limits,
 }
-#[derive(Debug, Clone)] pub struct Tls { pub cert: Located<PathBuf>, pub key: Located<PathBuf> }
-#[derive(Debug, Clone)] pub struct Located<T> { pub value: T, pub line: usize, pub key: &'static str }
-impl<T> Located<T> { pub fn error(&self, file: &Path, problem: impl Into<String>) -> ConfigError { ConfigError { file: file.to_owned(), line: Some(self.line), key: self.key.to_owned(), problem: problem.into() } } }
-#[derive(Debug, Clone)] pub struct Route { pub host: Option<HostMatch>, pub path: String, pub backends: Vec<Backend>, pub websocket: WebSocketPolicy, pub limits: Limits }
-#[derive(Debug, Clone, PartialEq, Eq)] pub enum HostMatch { Exact(String), Suffix(String) }
-impl HostMatch { pub fn matches(&self, host: &str) -> bool { let h = host.to_ascii_lowercase(); match self { HostMatch::Exact(e) => *e == h, HostMatch::Suffix(s) => h.ends_with(s.as_str()) && h.len() > s.len() } } }
-#[derive(Debug, Clone, PartialEq, Eq)] pub struct Backend { pub tls: bool, pub host: String, pub port: u16 }
-impl Backend { pub fn authority(&self) -> String { format!("{}:{}", self.host, self.port) } }
-#[derive(Debug, Clone)] pub struct WebSocketPolicy { pub max_frame_bytes: u64, pub max_message_bytes: u64, pub allowed_origins: Option<Vec<crate::policy::origin::OriginPattern>>, pub allow_missing_origin: bool, pub strip_compression: bool }
-#[derive(Debug, Clone)] pub struct Limits { pub handshakes_per_second: u32, pub handshake_burst: u32, pub max_connections_per_ip: u32, pub messages_per_second: u32, pub message_burst: u32, pub on_message_rate: OnMessageRate }
-#[derive(Debug, Clone, Copy, PartialEq, Eq)] pub enum OnMessageRate { Throttle, Close }
 
-#[derive(serde::Deserialize)] struct Raw { server: RawServer, tls: Option<RawTls>, route: Vec<RawRoute> }
-#[derive(serde::Deserialize)] struct RawServer { #[serde(default)] listen: Vec<SocketAddr>, #[serde(default)] listen_plain: Vec<SocketAddr>, handshake_timeout: Option<String>, idle_timeout: Option<String>, shutdown_grace: Option<String>, #[serde(default)] trusted_proxies: Vec<String> }
-#[derive(serde::Deserialize)] struct RawTls { cert: PathBuf, key: PathBuf }
-#[derive(serde::Deserialize)] struct RawRoute { host: Option<String>, path: Option<String>, backends: Vec<String>, websocket: Option<RawWs> }
-#[derive(serde::Deserialize)] struct RawWs { max_frame_bytes: Option<u64>, max_message_bytes: Option<u64> }
-fn dur(s: &Option<String>, d: u64) -> Duration { match s { None => Duration::from_secs(d), Some(s) => if let Some(v) = s.strip_suffix("ms") { Duration::from_millis(v.parse().unwrap()) } else { Duration::from_secs(s.trim_end_matches('s').parse().unwrap()) } } }
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    /// From `"*.example.com"`: holds ".example.com".
+    Suffix(String),
+}
+
+impl HostMatch {
+    /// `"chat.example.com"`, `"*.example.com"`, `"127.0.0.1"`, `"[::1]"`. A
+    /// wildcard is only the whole first label; a port is refused because the
+    /// router compares hosts without ports.
+    pub fn parse(s: &str) -> Result<HostMatch, String> {
+        if s.is_empty() {
+            return Err("empty host; leave `host` out to match any host".into());
+        }
+        let lower = s.to_ascii_lowercase();
+        if let Some(rest) = lower.strip_prefix("*.") {
+            if rest.contains('*') {
+                return Err(WILDCARD_RULE.into());
+            }
+            origin::check_dns_name(rest)?;
+            return Ok(HostMatch::Suffix(format!(".{rest}")));
+        }
+        if lower.contains('*') {
+            return Err(WILDCARD_RULE.into());
+        }
+        if let Some(inner) = lower.strip_prefix('[') {
+            return match inner.strip_suffix(']').map(str::parse::<Ipv6Addr>) {
+                Some(Ok(_)) => Ok(HostMatch::Exact(lower)),
+                _ => Err(format!(
+                    "invalid IPv6 address {s:?}; write it as \"[::1]\" without a port"
+                )),
+            };
+        }
+        if lower.contains(':') {
+            return Err("a route host has no port (and an IPv6 address needs brackets)".into());
+        }
+        origin::check_dns_name(&lower)?;
+        Ok(HostMatch::Exact(lower))
+    }
+
+    /// `host` is the request host without its port, in any case. A suffix
+    /// never matches the bare apex: `*.example.com` does not cover
+    /// `example.com`, as in TLS certificates.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
+            HostMatch::Suffix(suffix) => {
+                host.len() > suffix.len()
+                    && host.as_bytes()[host.len() - suffix.len()..]
+                        .eq_ignore_ascii_case(suffix.as_bytes())
+            }
+        }
+    }
+}
+
+const WILDCARD_RULE: &str =
+    "a wildcard is only allowed as the whole first label, as in \"*.example.com\"";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// `https://` backends: TLS toward the backend, SNI = `host`.
+    pub tls: bool,
+    /// Lower-cased; an IPv6 literal without brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl Backend {
+    /// `"127.0.0.1:9001"`, `"[::1]:9001"`, `"name:9001"` (cleartext, port
+    /// required), `"http://host[:port]"` (default 80) or
+    /// `"https://host[:port]"` (default 443). A backend has no path: requests
+    /// keep their own, so a path here would be silently ignored.
+    pub fn parse(s: &str) -> Result<Backend, String> {
+        let (tls, rest, default_port) = if let Some(rest) = strip_prefix_ci(s, "https://") {
+            (true, rest, Some(443))
+        } else if let Some(rest) = strip_prefix_ci(s, "http://") {
+            (false, rest, Some(80))
+        } else if let Some((scheme, _)) = s.split_once("://") {
+            return Err(format!(
+                "unsupported scheme {scheme:?}; use host:port, http:// or https://"
+            ));
+        } else {
+            (false, s, None)
+        };
+        let (authority, path) = match rest.find(['/', '?', '#']) {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let url_root = path == "/" && default_port.is_some();
+        if !path.is_empty() && !url_root {
+            return Err(format!(
+                "a backend has no path or query (requests keep their own); found {path:?}"
+            ));
+        }
+        if authority.contains('@') {
+            return Err("a backend has no user info".into());
+        }
+        let (host, port) = origin::split_host_port(authority)?;
+        let port = match (port, default_port) {
+            (Some(p), _) => origin::parse_port(p)?,
+            (None, Some(p)) => p,
+            (None, None) => {
+                return Err("missing port; write host:port (e.g. \"127.0.0.1:9001\") or an http:// or https:// URL".into())
+            }
+        };
+        let host = if let Some(inner) = host.strip_prefix('[') {
+            let addr: Ipv6Addr = inner
+                .strip_suffix(']')
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| format!("invalid IPv6 address {host:?}"))?;
+            addr.to_string()
+        } else {
+            origin::check_dns_name(host)?;
+            host.to_ascii_lowercase()
+        };
+        Ok(Backend { tls, host, port })
+    }
+
+    /// `host:port`, with brackets around an IPv6 literal: what goes into a
+    /// URI authority or a TCP connect.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+#[derive(Debug, Clone)]
+pub struct WebSocketPolicy {
+    /// One frame's payload. With permessage-deflate negotiated (and
+    /// `strip_compression` off) this is the compressed size on the wire.
+    pub max_frame_bytes: u64,
+    pub max_message_bytes: u64,
+    /// `None`: same-origin only.
+    pub allowed_origins: Option<Vec<OriginPattern>>,
+    pub allow_missing_origin: bool,
+    /// Remove permessage-deflate from the client's offer so the size limits
+    /// apply to the real payload.
+    pub strip_compression: bool,
+}
+
+impl Default for WebSocketPolicy {
+    fn default() -> Self {
+        WebSocketPolicy {
+            max_frame_bytes: 1_048_576,
+            max_message_bytes: 16_777_216,
+            allowed_origins: None,
+            allow_missing_origin: true,
+            strip_compression: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub handshakes_per_second: u32,
+    pub handshake_burst: u32,
+    pub max_connections_per_ip: u32,
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+    pub on_message_rate: OnMessageRate,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshakes_per_second: 20,
+            handshake_burst: 40,
+            max_connections_per_ip: 1000,
+            messages_per_second: 1000,
+            message_burst: 2000,
+            on_message_rate: OnMessageRate::Throttle,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMessageRate {
+    /// Stop reading from the client until tokens return; nothing is dropped.
+    Throttle,
+    /// Close 1008 to the client.
+    Close,
+}
+
 impl Config {
-    pub fn load(path: &Path) -> Result<Config, ConfigError> { let t = std::fs::read_to_string(path).map_err(|e| ConfigError { file: path.into(), line: None, key: String::new(), problem: e.to_string() })?; Config::parse(&t, path) }
+    /// Reads and parses the file. The one entry point for `check`, `run` and
+    /// reload.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path, None, "", format!("cannot read config file: {e}"))
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// No IO: `path` names the file in errors and anchors relative
+    /// certificate paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: Raw = toml::from_str(text).map_err(|e| ConfigError { file: path.into(), line: None, key: String::new(), problem: e.message().to_owned() })?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        Ok(Config { path: path.into(),
-            server: Server { listen: raw.server.listen, listen_plain: raw.server.listen_plain, admin: None, handshake_timeout: dur(&raw.server.handshake_timeout, 10), idle_timeout: dur(&raw.server.idle_timeout, 300), shutdown_grace: dur(&raw.server.shutdown_grace, 30), trusted_proxies: raw.server.trusted_proxies.iter().map(|s| s.parse().unwrap()).collect() },
-            tls: raw.tls.map(|t| Tls { cert: Located { value: dir.join(t.cert), line: 1, key: "tls.cert" }, key: Located { value: dir.join(t.key), line: 1, key: "tls.key" } }),
-            routes: raw.route.into_iter().map(|r| Route { host: r.host.map(|h| if let Some(s) = h.strip_prefix('*') { HostMatch::Suffix(s.to_owned()) } else { HostMatch::Exact(h) }), path: r.path.unwrap_or("/".into()),
-                backends: r.backends.iter().map(|b| { let (h, p) = b.rsplit_once(':').unwrap(); Backend { tls: false, host: h.into(), port: p.parse().unwrap() } }).collect(),
-                websocket: WebSocketPolicy { max_frame_bytes: r.websocket.as_ref().and_then(|w| w.max_frame_bytes).unwrap_or(1 << 20), max_message_bytes: r.websocket.as_ref().and_then(|w| w.max_message_bytes).unwrap_or(16 << 20), allowed_origins: None, allow_missing_origin: true, strip_compression: false },
-                limits: Limits { handshakes_per_second: 20, handshake_burst: 40, max_connections_per_ip: 1000, messages_per_second: 1000, message_burst: 2000, on_message_rate: OnMessageRate::Throttle } }).collect() })
+        let src = Source { file: path, text };
+        let deserializer = toml::Deserializer::new(text);
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(deserializer).map_err(|e| src.toml_error(e))?;
+        src.resolve(raw)
+    }
+}
+
+/// The text being parsed, for turning spans into lines.
+struct Source<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn err(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        problem: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::new(
+            self.file,
+            Some(error::line_of(self.text, span.start)),
+            key,
+            problem,
+        )
+    }
+
+    fn err_at<T>(
+        &self,
+        value: &Spanned<T>,
+        key: impl Into<String>,
+        problem: impl Into<String>,
+    ) -> ConfigError {
+        self.err(value.span(), key, problem)
+    }
+
+    fn toml_error(&self, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+        let mut key = render_path(e.path());
+        let inner = e.into_inner();
+        let line = inner.span().map(|s| error::line_of(self.text, s.start));
+        let (problem, missing) = tidy_message(inner.message());
+        if let Some(missing) = missing {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(&missing);
+        }
+        // An empty path means toml failed before any value was handed out,
+        // i.e. a syntax error: name the key from the text instead.
+        if key.is_empty() {
+            if let Some(line) = line {
+                key = syntax_key(self.text, line);
+            }
+        }
+        ConfigError::new(self.file, line, key, problem)
+    }
+
+    fn resolve(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let server = self.server(&raw.server)?;
+        let tls = raw.tls.as_ref().map(|t| self.tls(t)).transpose()?;
+        if let (Some(listen), None) = (&raw.server.listen, &tls) {
+            if !listen.get_ref().is_empty() {
+                return Err(self.err_at(
+                    listen,
+                    "server.listen",
+                    "TLS listeners need a [tls] section with cert and key (use listen_plain for cleartext)",
+                ));
+            }
+        }
+        if server.listen.is_empty() && server.listen_plain.is_empty() {
+            let line = [&raw.server.listen, &raw.server.listen_plain]
+                .into_iter()
+                .flatten()
+                .map(|l| error::line_of(self.text, l.span().start))
+                .next()
+                .or_else(|| header_line(self.text, "server"));
+            return Err(ConfigError::new(
+                self.file,
+                line,
+                "server",
+                "no listener: set listen (TLS, with [tls]) or listen_plain",
+            ));
+        }
+
+        let websocket = self.websocket(&raw.websocket, &WebSocketPolicy::default(), "websocket")?;
+        let limits = self.limits(&raw.limits, &Limits::default(), "limits")?;
+        let routes = raw
+            .route
+            .iter()
+            .enumerate()
+            .map(|(i, r)| self.route(r, &format!("route[{i}]"), &websocket, &limits))
+            .collect::<Result<Vec<_>, _>>()?;
+        if routes.is_empty() {
+            return Err(ConfigError::new(
+                self.file,
+                None,
+                "route",
+                "no [[route]]: at least one route with backends is required",
+            ));
+        }
+        Ok(Config {
+            path: self.file.to_owned(),
+            server,
+            tls,
+            routes,
+        })
+    }
+
+    fn server(&self, raw: &RawServer) -> Result<Server, ConfigError> {
+        // Binding the same address twice would only fail at bind time, far
+        // from the line that caused it. Port 0 (tests) is never a clash.
+        let mut seen: HashMap<SocketAddr, String> = HashMap::new();
+        let mut addr = |value: &Spanned<String>, key: String| -> Result<SocketAddr, ConfigError> {
+            let a: SocketAddr = value.get_ref().parse().map_err(|_| {
+                self.err_at(
+                    value,
+                    key.clone(),
+                    format!(
+                        "expected IP:PORT such as \"127.0.0.1:8443\" or \"[::1]:8443\" (host names are not resolved), found {:?}",
+                        value.get_ref()
+                    ),
+                )
+            })?;
+            if a.port() != 0 {
+                if let Some(first) = seen.get(&a) {
+                    return Err(self.err_at(value, key, format!("{a} is already used by {first}")));
+                }
+                seen.insert(a, key);
+            }
+            Ok(a)
+        };
+        let mut list =
+            |raw: &Option<SpannedList>, name: &str| -> Result<Vec<SocketAddr>, ConfigError> {
+                raw.iter()
+                    .flat_map(|l| l.get_ref().iter())
+                    .enumerate()
+                    .map(|(i, v)| addr(v, format!("server.{name}[{i}]")))
+                    .collect()
+            };
+        let listen = list(&raw.listen, "listen")?;
+        let listen_plain = list(&raw.listen_plain, "listen_plain")?;
+        let admin = raw
+            .admin
+            .as_ref()
+            .map(|a| addr(a, "server.admin".into()))
+            .transpose()?;
+
+        let nonzero =
+            |d: &Option<Spanned<HumanDuration>>, key: &str, default: Duration, why: &str| match d {
+                None => Ok(default),
+                Some(d) if d.get_ref().0.is_zero() => {
+                    Err(self.err_at(d, key, format!("must be longer than 0s: {why}")))
+                }
+                Some(d) => Ok(d.get_ref().0),
+            };
+        let handshake_timeout = nonzero(
+            &raw.handshake_timeout,
+            "server.handshake_timeout",
+            Duration::from_secs(10),
+            "every handshake would time out",
+        )?;
+        let idle_timeout = nonzero(
+            &raw.idle_timeout,
+            "server.idle_timeout",
+            Duration::from_secs(300),
+            "every tunnel would be closed at once",
+        )?;
+        let shutdown_grace = raw
+            .shutdown_grace
+            .as_ref()
+            .map_or(Duration::from_secs(30), |d| d.get_ref().0);
+
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, p)| {
+                parse_proxy(p.get_ref())
+                    .map_err(|why| self.err_at(p, format!("server.trusted_proxies[{i}]"), why))
+            })
+            .collect::<Result<_, _>>()?;
+
+        Ok(Server {
+            listen,
+            listen_plain,
+            admin,
+            handshake_timeout,
+            idle_timeout,
+            shutdown_grace,
+            trusted_proxies,
+        })
+    }
+
+    fn tls(&self, raw: &RawTls) -> Result<Tls, ConfigError> {
+        let base = self.file.parent().unwrap_or(Path::new(""));
+        let locate = |v: &Spanned<String>, key: &'static str| {
+            if v.get_ref().is_empty() {
+                return Err(self.err_at(v, key, "empty path"));
+            }
+            Ok(Located {
+                value: base.join(v.get_ref()),
+                line: error::line_of(self.text, v.span().start),
+                key,
+            })
+        };
+        Ok(Tls {
+            cert: locate(&raw.cert, "tls.cert")?,
+            key: locate(&raw.key, "tls.key")?,
+        })
+    }
+
+    /// `base` is what an absent key inherits: built-in defaults for
+    /// `[websocket]`, the resolved `[websocket]` for a route.
+    fn websocket(
+        &self,
+        raw: &RawWebSocket,
+        base: &WebSocketPolicy,
+        prefix: &str,
+    ) -> Result<WebSocketPolicy, ConfigError> {
+        let allowed_origins = match &raw.allowed_origins {
+            None => base.allowed_origins.clone(),
+            Some(list) => Some(
+                list.iter()
+                    .enumerate()
+                    .map(|(i, o)| {
+                        OriginPattern::parse(o.get_ref()).map_err(|why| {
+                            self.err_at(
+                                o,
+                                format!("{prefix}.allowed_origins[{i}]"),
+                                format!("invalid origin {:?}: {why}", o.get_ref()),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        Ok(WebSocketPolicy {
+            max_frame_bytes: raw.max_frame_bytes.map_or(base.max_frame_bytes, |b| b.0),
+            max_message_bytes: raw
+                .max_message_bytes
+                .map_or(base.max_message_bytes, |b| b.0),
+            allowed_origins,
+            allow_missing_origin: raw
+                .allow_missing_origin
+                .unwrap_or(base.allow_missing_origin),
+            strip_compression: raw.strip_compression.unwrap_or(base.strip_compression),
+        })
+    }
+
+    fn limits(&self, raw: &RawLimits, base: &Limits, prefix: &str) -> Result<Limits, ConfigError> {
+        let on_message_rate = match &raw.on_message_rate {
+            None => base.on_message_rate,
+            Some(v) => match v.get_ref().as_str() {
+                "throttle" => OnMessageRate::Throttle,
+                "close" => OnMessageRate::Close,
+                other => {
+                    return Err(self.err_at(
+                        v,
+                        format!("{prefix}.on_message_rate"),
+                        format!("expected \"throttle\" or \"close\", found {other:?}"),
+                    ))
+                }
+            },
+        };
+        Ok(Limits {
+            handshakes_per_second: raw
+                .handshakes_per_second
+                .map_or(base.handshakes_per_second, |c| c.0),
+            handshake_burst: raw.handshake_burst.map_or(base.handshake_burst, |c| c.0),
+            max_connections_per_ip: raw
+                .max_connections_per_ip
+                .map_or(base.max_connections_per_ip, |c| c.0),
+            messages_per_second: raw
+                .messages_per_second
+                .map_or(base.messages_per_second, |c| c.0),
+            message_burst: raw.message_burst.map_or(base.message_burst, |c| c.0),
+            on_message_rate,
+        })
+    }
+
+    fn route(
+        &self,
+        raw: &RawRoute,
+        prefix: &str,
+        websocket: &WebSocketPolicy,
+        limits: &Limits,
+    ) -> Result<Route, ConfigError> {
+        let host = raw
+            .host
+            .as_ref()
+            .map(|h| {
+                HostMatch::parse(h.get_ref()).map_err(|why| {
+                    self.err_at(
+                        h,
+                        format!("{prefix}.host"),
+                        format!("{why}; found {:?}", h.get_ref()),
+                    )
+                })
+            })
+            .transpose()?;
+        let path = match &raw.path {
+            None => "/".to_owned(),
+            Some(p) => {
+                let s = p.get_ref();
+                if !s.starts_with('/') {
+                    return Err(self.err_at(
+                        p,
+                        format!("{prefix}.path"),
+                        format!("must start with '/', found {s:?}"),
+                    ));
+                }
+                if s.contains(['?', '#']) || s.contains(char::is_whitespace) {
+                    return Err(self.err_at(
+                        p,
+                        format!("{prefix}.path"),
+                        format!("a path prefix has no query, fragment or whitespace; found {s:?}"),
+                    ));
+                }
+                s.clone()
+            }
+        };
+        if raw.backends.get_ref().is_empty() {
+            return Err(self.err_at(
+                &raw.backends,
+                format!("{prefix}.backends"),
+                "must list at least one backend",
+            ));
+        }
+        let backends = raw
+            .backends
+            .get_ref()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                Backend::parse(b.get_ref()).map_err(|why| {
+                    self.err_at(
+                        b,
+                        format!("{prefix}.backends[{i}]"),
+                        format!("invalid backend {:?}: {why}", b.get_ref()),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let websocket = match &raw.websocket {
+            Some(w) => self.websocket(w, websocket, &format!("{prefix}.websocket"))?,
+            None => websocket.clone(),
+        };
+        let limits = match &raw.limits {
+            Some(l) => self.limits(l, limits, &format!("{prefix}.limits"))?,
+            None => limits.clone(),
+        };
+        Ok(Route {
+            host,
+            path,
+            backends,
+            websocket,
+            limits,
+        })
+    }
+}
+
+/// An address or a CIDR. A CIDR with host bits set ("10.0.0.1/8") is refused:
+/// it is ambiguous between one host and a whole network, and guessing the
+/// wider one would let that network forge X-Forwarded-For.
+fn parse_proxy(s: &str) -> Result<IpNet, String> {
+    if let Ok(addr) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(addr));
+    }
+    let net: IpNet = s.parse().map_err(|_| {
+        format!("expected an IP address or CIDR such as \"10.0.0.0/8\", found {s:?}")
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{s:?} has host bits set; write {} for the network or {}/{} for one host",
+            net.trunc(),
+            net.addr(),
+            net.max_prefix_len()
+        ));
+    }
+    Ok(net)
+}
+
+/// `route[1].websocket.max_frame_bytes` from serde_path_to_error's path,
+/// without the private field names `toml::Spanned` adds.
+fn render_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if key.starts_with("$__serde_spanned_private") {
+                    continue;
+                }
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push('?');
+            }
+        }
+    }
+    out
+}
+
+/// serde's messages speak Rust ("invalid type: string \"1MB\", expected u64",
+/// "missing field `backends`"); operators read TOML. Returns the problem and,
+/// for a missing key, the key's name so it can join the path.
+fn tidy_message(message: &str) -> (String, Option<String>) {
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        if let Some(name) = rest.strip_suffix('`') {
+            return ("missing required key".into(), Some(name.to_owned()));
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        let rest = rest.replace("there are no fields", "this table has no keys");
+        return (format!("unknown key {rest}"), None);
+    }
+    for prefix in ["invalid type: ", "invalid value: ", "invalid length: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            if let Some((found, expected)) = rest.rsplit_once(", expected ") {
+                return (
+                    format!(
+                        "expected {}, found {}",
+                        toml_words(expected),
+                        toml_words(found)
+                    ),
+                    None,
+                );
+            }
+        }
+    }
+    (message.to_owned(), None)
+}
+
+fn toml_words(s: &str) -> String {
+    match s {
+        "a sequence" => "an array".into(),
+        "sequence" => "an array".into(),
+        "a map" | "map" => "a table".into(),
+        // serde derive names the Rust type ("struct RawServer").
+        other if other.starts_with("struct ") => "a table".into(),
+        other => other.into(),
+    }
+}
+
+/// Best-effort key for a syntax error, where toml gives a line but no path:
+/// the table the line is in (from the headers above it) plus the key written
+/// on that line, if any.
+fn syntax_key(text: &str, line: usize) -> String {
+    let mut arrays: HashMap<String, usize> = HashMap::new();
+    let mut table = String::new();
+    for (n, raw_line) in text.lines().enumerate().take(line) {
+        let l = raw_line.trim();
+        let is_error_line = n + 1 == line;
+        if let Some(header) = l.strip_prefix('[') {
+            let array = header.starts_with('[');
+            let name: String = header
+                .trim_start_matches('[')
+                .chars()
+                .take_while(|&c| c != ']' && c != '#')
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            if array {
+                *arrays.entry(name.clone()).or_insert(0) += 1;
+            }
+            table = render_table(&name, &arrays);
+            if is_error_line {
+                return table;
+            }
+        } else if is_error_line {
+            let key: String = l
+                .chars()
+                .take_while(|&c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                .collect();
+            let looks_like_assignment =
+                !key.is_empty() && l[key.len()..].trim_start().starts_with('=');
+            return match (looks_like_assignment, table.is_empty()) {
+                (false, _) => table,
+                (true, true) => key,
+                (true, false) => format!("{table}.{key}"),
+            };
+        }
+    }
+    table
+}
+
+/// `route.limits` → `route[2].limits` when `route` is the third `[[route]]`.
+fn render_table(name: &str, arrays: &HashMap<String, usize>) -> String {
+    let mut prefix = String::new();
+    let mut out = String::new();
+    for part in name.split('.') {
+        if !prefix.is_empty() {
+            prefix.push('.');
+            out.push('.');
+        }
+        prefix.push_str(part);
+        out.push_str(part);
+        if let Some(n) = arrays.get(&prefix) {
+            out.push_str(&format!("[{}]", n - 1));
+        }
+    }
+    out
+}
+
+/// Line of a `[name]` header, for errors about a table as a whole.
+fn header_line(text: &str, name: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.trim()
+                .strip_prefix('[')
+                .and_then(|h| h.split(']').next())
+                .is_some_and(|h| h.trim() == name)
+        })
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVER: &str = "[server]\nlisten_plain = [\"127.0.0.1:8080\"]\n";
+    const ROUTE: &str = "[[route]]\nbackends = [\"127.0.0.1:9001\"]\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("t.toml"))
+    }
+
+    /// Each bad snippet → (line, key, a piece of the problem). SERVER and
+    /// ROUTE are two lines each, which the line numbers below count on.
+    #[test]
+    fn bad_snippets_name_line_and_key() {
+        let cases: Vec<(String, Option<usize>, &str, &str)> = vec![
+            // Unknown keys, at every level.
+            (format!("bogus = 1\n{SERVER}{ROUTE}"), Some(1), "bogus", "unknown key `bogus`"),
+            (format!("{SERVER}listn = []\n{ROUTE}"), Some(3), "server.listn", "unknown key `listn`"),
+            (format!("{SERVER}{ROUTE}[[route]]\nbackends = [\"a:1\"]\nbakends = []\n"), Some(7), "route[1].bakends", "unknown key"),
+            (format!("{SERVER}{ROUTE}[route.limits]\nhandshake_per_second = 5\n"), Some(6), "route[0].limits.handshake_per_second", "unknown key"),
+            (format!("{SERVER}{ROUTE}[route.websocket]\nstrip_compresion = true\n"), Some(6), "route[0].websocket.strip_compresion", "unknown key"),
+            (format!("[websocket]\nmax_frame = 1\n{SERVER}{ROUTE}"), Some(2), "websocket.max_frame", "unknown key"),
+            (format!("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nchain = \"x\"\n{SERVER}{ROUTE}"), Some(4), "tls.chain", "unknown key"),
+            // Wrong types.
+            (format!("{SERVER}{ROUTE}[route.websocket]\nmax_frame_bytes = \"1MB\"\n"), Some(6), "route[0].websocket.max_frame_bytes", "expected an integer (bytes), found string \"1MB\""),
+            (format!("[server]\nlisten_plain = \"127.0.0.1:8080\"\n{ROUTE}"), Some(2), "server.listen_plain", "expected an array, found string"),
+            (format!("{SERVER}[websocket]\nallow_missing_origin = \"yes\"\n{ROUTE}"), Some(4), "websocket.allow_missing_origin", "expected a boolean"),
+            (format!("{SERVER}[[route]]\nbackends = [\"a:1\", 2]\n"), Some(4), "route[0].backends[1]", "expected a string, found integer `2`"),
+            (format!("route = 3\n{SERVER}"), Some(1), "route", "expected an array"),
+            (format!("{SERVER}{ROUTE}[limits]\nmessages_per_second = 1.5\n"), Some(6), "limits.messages_per_second", "expected an integer"),
+            // Missing required keys.
+            (format!("{SERVER}[[route]]\npath = \"/\"\n"), Some(3), "route[0].backends", "missing required key"),
+            (format!("[tls]\ncert = \"c.pem\"\n{SERVER}{ROUTE}"), Some(1), "tls.key", "missing required key"),
+            // TOML syntax.
+            (format!("{SERVER}[[route]\nbackends = []\n"), Some(3), "route[0]", "invalid table header"),
+            (format!("{SERVER}{ROUTE}path = /ws\n"), Some(5), "route[0].path", "invalid string"),
+            (format!("{SERVER}listen_plain = []\n{ROUTE}"), Some(3), "server.listen_plain", "duplicate key"),
+            ("[server]\nlisten_plain = [\"127.0.0.1:8080\",\n".to_owned(), Some(2), "server.listen_plain", "invalid array"),
+            // Durations.
+            (format!("{SERVER}idle_timeout = \"10 parsecs\"\n{ROUTE}"), Some(3), "server.idle_timeout", "unknown unit \" parsecs\""),
+            (format!("{SERVER}idle_timeout = \"10\"\n{ROUTE}"), Some(3), "server.idle_timeout", "missing unit"),
+            (format!("{SERVER}shutdown_grace = \"-1s\"\n{ROUTE}"), Some(3), "server.shutdown_grace", "negative"),
+            (format!("{SERVER}handshake_timeout = \"0s\"\n{ROUTE}"), Some(3), "server.handshake_timeout", "longer than 0s"),
+            (format!("{SERVER}idle_timeout = \"0ms\"\n{ROUTE}"), Some(3), "server.idle_timeout", "longer than 0s"),
+            (format!("{SERVER}handshake_timeout = 10\n{ROUTE}"), Some(3), "server.handshake_timeout", "expected a duration string"),
+            // Addresses.
+            ("[server]\nlisten_plain = [\n  \"127.0.0.1:8080\",\n  \"localhost:8081\",\n]\n[[route]]\nbackends = [\"a:1\"]\n".to_owned(), Some(4), "server.listen_plain[1]", "expected IP:PORT"),
+            (format!("{SERVER}admin = \"127.0.0.1\"\n{ROUTE}"), Some(3), "server.admin", "expected IP:PORT"),
+            (format!("{SERVER}admin = \"127.0.0.1:8080\"\n{ROUTE}"), Some(3), "server.admin", "already used by server.listen_plain[0]"),
+            (format!("{SERVER}trusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n{ROUTE}"), Some(3), "server.trusted_proxies[1]", "host bits set"),
+            (format!("{SERVER}trusted_proxies = [\"proxy.local\"]\n{ROUTE}"), Some(3), "server.trusted_proxies[0]", "expected an IP address or CIDR"),
+            // Backends.
+            (format!("{SERVER}[[route]]\nbackends = []\n"), Some(4), "route[0].backends", "at least one backend"),
+            (format!("{SERVER}[[route]]\nbackends = [\"127.0.0.1\"]\n"), Some(4), "route[0].backends[0]", "missing port"),
+            (format!("{SERVER}[[route]]\nbackends = [\"a:1\", \"http://b/app\"]\n"), Some(4), "route[0].backends[1]", "no path"),
+            (format!("{SERVER}[[route]]\nbackends = [\"ws://b:1\"]\n"), Some(4), "route[0].backends[0]", "unsupported scheme"),
+            (format!("{SERVER}[[route]]\nbackends = [\"::1:9001\"]\n"), Some(4), "route[0].backends[0]", "needs brackets"),
+            // Routes.
+            (format!("{SERVER}[[route]]\nhost = \"chat.*.example.com\"\nbackends = [\"a:1\"]\n"), Some(4), "route[0].host", "wildcard"),
+            (format!("{SERVER}[[route]]\nhost = \"*example.com\"\nbackends = [\"a:1\"]\n"), Some(4), "route[0].host", "wildcard"),
+            (format!("{SERVER}[[route]]\nhost = \"a.com:443\"\nbackends = [\"a:1\"]\n"), Some(4), "route[0].host", "no port"),
+            (format!("{SERVER}{ROUTE}path = \"ws\"\n"), Some(5), "route[0].path", "must start with '/'"),
+            // Zero where zero makes no sense.
+            (format!("{SERVER}[websocket]\nmax_frame_bytes = 0\n{ROUTE}"), Some(4), "websocket.max_frame_bytes", "positive"),
+            (format!("{SERVER}{ROUTE}[route.websocket]\nmax_message_bytes = -1\n"), Some(6), "route[0].websocket.max_message_bytes", "positive"),
+            (format!("{SERVER}[limits]\nhandshakes_per_second = 0\n{ROUTE}"), Some(4), "limits.handshakes_per_second", "positive"),
+            (format!("{SERVER}[limits]\nhandshake_burst = 0\n{ROUTE}"), Some(4), "limits.handshake_burst", "positive"),
+            (format!("{SERVER}{ROUTE}[route.limits]\nmax_connections_per_ip = 0\n"), Some(6), "route[0].limits.max_connections_per_ip", "positive"),
+            (format!("{SERVER}{ROUTE}[route.limits]\nmessage_burst = 4294967296\n"), Some(6), "route[0].limits.message_burst", "no larger than"),
+            // Origins and rate policy.
+            (format!("{SERVER}{ROUTE}[route.websocket]\nallowed_origins = [\"https://a.com/\"]\n"), Some(6), "route[0].websocket.allowed_origins[0]", "trailing slash"),
+            (format!("{SERVER}[websocket]\nallowed_origins = [\"*\", \"https://a*.com\"]\n{ROUTE}"), Some(4), "websocket.allowed_origins[1]", "wildcard"),
+            (format!("{SERVER}[limits]\non_message_rate = \"drop\"\n{ROUTE}"), Some(4), "limits.on_message_rate", "\"throttle\" or \"close\""),
+            // Whole-file rules.
+            (format!("[server]\nlisten = [\"127.0.0.1:8443\"]\n{ROUTE}"), Some(2), "server.listen", "need a [tls] section"),
+            (format!("[server]\nadmin = \"127.0.0.1:9901\"\n{ROUTE}"), Some(1), "server", "no listener"),
+            (format!("# nothing\n[server]\nlisten = []\nlisten_plain = []\n{ROUTE}"), Some(3), "server", "no listener"),
+            (ROUTE.to_owned(), None, "server", "no listener"),
+            (SERVER.to_owned(), None, "route", "no [[route]]"),
+            (format!("[tls]\ncert = \"\"\nkey = \"k.pem\"\n{SERVER}{ROUTE}"), Some(2), "tls.cert", "empty path"),
+        ];
+        assert!(cases.len() >= 20);
+        let mut wrong = Vec::new();
+        for (text, line, key, problem) in &cases {
+            match parse(text) {
+                Ok(_) => wrong.push(format!("{text}\n=> accepted")),
+                Err(err) => {
+                    if (err.line, err.key.as_str()) != (*line, *key)
+                        || !err.problem.contains(problem)
+                        || err.to_string().contains('\n')
+                    {
+                        wrong.push(format!("{text}\n=> {err}\nwanted line {line:?}, key {key}, problem with {problem:?}"));
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+    }
+
+    #[test]
+    fn error_message_shape() {
+        let text = format!("{SERVER}{ROUTE}[route.websocket]\nmax_frame_bytes = \"1MB\"\n");
+        let err = Config::parse(&text, Path::new("config/sluice.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config/sluice.toml:6: route[0].websocket.max_frame_bytes: expected an integer (bytes), found string \"1MB\""
+        );
+        let err = Config::load(Path::new("/nonexistent/sluice.toml")).unwrap_err();
+        assert_eq!((err.line, err.key.as_str()), (None, ""));
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/sluice.toml: cannot read config file:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&format!("{SERVER}{ROUTE}")).unwrap();
+        assert_eq!(c.path, Path::new("t.toml"));
+        let s = &c.server;
+        assert!(s.listen.is_empty());
+        assert_eq!(
+            s.listen_plain,
+            ["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(s.admin, None);
+        assert_eq!(s.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(s.idle_timeout, Duration::from_secs(300));
+        assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+        assert!(s.trusted_proxies.is_empty());
+        assert!(c.tls.is_none());
+        let r = &c.routes[0];
+        assert_eq!((r.host.as_ref(), r.path.as_str()), (None, "/"));
+        assert_eq!(
+            r.backends,
+            [Backend {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 9001
+            }]
+        );
+        let w = &r.websocket;
+        assert_eq!(
+            (w.max_frame_bytes, w.max_message_bytes),
+            (1_048_576, 16_777_216)
+        );
+        assert_eq!(w.allowed_origins, None);
+        assert!(w.allow_missing_origin && !w.strip_compression);
+        let l = &r.limits;
+        assert_eq!(
+            (
+                l.handshakes_per_second,
+                l.handshake_burst,
+                l.max_connections_per_ip,
+                l.messages_per_second,
+                l.message_burst
+            ),
+            (20, 40, 1000, 1000, 2000)
+        );
+        assert_eq!(l.on_message_rate, OnMessageRate::Throttle);
+    }
+
+    #[test]
+    fn route_overrides_merge_key_by_key() {
+        let text = r#"
+[server]
+listen = ["127.0.0.1:8443", "[::1]:8443"]
+listen_plain = ["127.0.0.1:0", "127.0.0.1:0"]
+admin = "127.0.0.1:9901"
+handshake_timeout = "250ms"
+idle_timeout = "5m"
+shutdown_grace = "0s"
+trusted_proxies = ["10.0.0.0/8", "192.168.1.7", "::1", "fd00::/8"]
+
+[tls]
+cert = "certs/example.pem"
+key = "/abs/example-key.pem"
+
+[websocket]
+max_frame_bytes = 1000
+allowed_origins = ["*"]
+allow_missing_origin = false
+
+[limits]
+handshakes_per_second = 7
+on_message_rate = "close"
+
+[[route]]
+host = "Chat.Example.com"
+path = "/ws"
+backends = ["127.0.0.1:9001", "https://api.example.com", "http://[::1]:8080/"]
+[route.websocket]
+max_message_bytes = 5000
+allowed_origins = ["https://chat.example.com", "null"]
+strip_compression = true
+[route.limits]
+handshakes_per_second = 5
+message_burst = 3
+
+[[route]]
+host = "*.example.com"
+backends = ["name:1"]
+"#;
+        let c = Config::parse(text, Path::new("/etc/sluice/sluice.toml")).unwrap();
+        let s = &c.server;
+        assert_eq!(s.listen.len(), 2);
+        assert_eq!(s.listen_plain.len(), 2, "port 0 may repeat");
+        assert_eq!(s.admin, Some("127.0.0.1:9901".parse().unwrap()));
+        assert_eq!(s.handshake_timeout, Duration::from_millis(250));
+        assert_eq!(s.idle_timeout, Duration::from_secs(300));
+        assert_eq!(s.shutdown_grace, Duration::ZERO);
+        let nets: Vec<String> = s.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            nets,
+            ["10.0.0.0/8", "192.168.1.7/32", "::1/128", "fd00::/8"]
+        );
+
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(tls.cert.value, Path::new("/etc/sluice/certs/example.pem"));
+        assert_eq!((tls.cert.line, tls.cert.key), (12, "tls.cert"));
+        assert_eq!(tls.key.value, Path::new("/abs/example-key.pem"));
+        assert_eq!(
+            tls.key.error(&c.path, "no key found").to_string(),
+            "/etc/sluice/sluice.toml:13: tls.key: no key found"
+        );
+
+        let [chat, wild] = &c.routes[..] else {
+            panic!("two routes")
+        };
+        assert_eq!(chat.host, Some(HostMatch::Exact("chat.example.com".into())));
+        assert_eq!(chat.path, "/ws");
+        assert_eq!(
+            chat.backends,
+            [
+                Backend {
+                    tls: false,
+                    host: "127.0.0.1".into(),
+                    port: 9001
+                },
+                Backend {
+                    tls: true,
+                    host: "api.example.com".into(),
+                    port: 443
+                },
+                Backend {
+                    tls: false,
+                    host: "::1".into(),
+                    port: 8080
+                },
+            ]
+        );
+        // Overridden in the route, inherited from [websocket], built-in default.
+        let w = &chat.websocket;
+        assert_eq!((w.max_message_bytes, w.max_frame_bytes), (5000, 1000));
+        assert_eq!(
+            w.allowed_origins,
+            Some(vec![
+                OriginPattern::Exact {
+                    scheme: "https".into(),
+                    host: "chat.example.com".into(),
+                    port: 443
+                },
+                OriginPattern::Null,
+            ])
+        );
+        assert!(w.strip_compression && !w.allow_missing_origin);
+        let l = &chat.limits;
+        assert_eq!(
+            (l.handshakes_per_second, l.message_burst, l.handshake_burst),
+            (5, 3, 40)
+        );
+        assert_eq!(l.on_message_rate, OnMessageRate::Close);
+
+        assert_eq!(wild.host, Some(HostMatch::Suffix(".example.com".into())));
+        let w = &wild.websocket;
+        assert_eq!((w.max_frame_bytes, w.max_message_bytes), (1000, 16_777_216));
+        assert_eq!(w.allowed_origins, Some(vec![OriginPattern::Any]));
+        assert!(!w.allow_missing_origin && !w.strip_compression);
+        assert_eq!(
+            (wild.limits.handshakes_per_second, wild.limits.message_burst),
+            (7, 2000)
+        );
+        assert_eq!(wild.limits.on_message_rate, OnMessageRate::Close);
+    }
+
+    #[test]
+    fn relative_cert_paths_follow_the_config_file() {
+        let text = format!("[tls]\ncert = \"c.pem\"\nkey = \"../k.pem\"\n{SERVER}{ROUTE}");
+        let cases = [
+            ("sluice.toml", "c.pem", "../k.pem"),
+            ("config/sluice.toml", "config/c.pem", "config/../k.pem"),
+            ("/etc/sluice.toml", "/etc/c.pem", "/etc/../k.pem"),
+        ];
+        for (file, cert, key) in cases {
+            let tls = Config::parse(&text, Path::new(file)).unwrap().tls.unwrap();
+            assert_eq!(
+                (tls.cert.value.as_path(), tls.key.value.as_path()),
+                (Path::new(cert), Path::new(key)),
+                "{file}"
+            );
+        }
+    }
+
+    #[test]
+    fn backends() {
+        let b = |tls, host: &str, port| {
+            Ok(Backend {
+                tls,
+                host: host.into(),
+                port,
+            })
+        };
+        let cases = [
+            ("127.0.0.1:9001", b(false, "127.0.0.1", 9001)),
+            ("[::1]:9001", b(false, "::1", 9001)),
+            ("Echo.Internal:9001", b(false, "echo.internal", 9001)),
+            ("http://h", b(false, "h", 80)),
+            ("http://h/", b(false, "h", 80)),
+            ("HTTP://h:8080", b(false, "h", 8080)),
+            ("https://h", b(true, "h", 443)),
+            ("https://h:8443/", b(true, "h", 8443)),
+            ("https://[::1]", b(true, "::1", 443)),
+        ];
+        for (s, want) in cases {
+            assert_eq!(Backend::parse(s), want, "{s}");
+        }
+        let bad = [
+            "",
+            "h",
+            "127.0.0.1",
+            "h:",
+            "h:0",
+            "h:65536",
+            "h:x",
+            ":9001",
+            "h:9001/",
+            "h:9001/x",
+            "http://h/x",
+            "https://h?x",
+            "http://",
+            "ws://h:1",
+            "http://u@h",
+            "::1:9001",
+            "[::1]",
+            "[::1:9001",
+            "[x]:1",
+            "h h:1",
+        ];
+        for s in bad {
+            assert!(Backend::parse(s).is_err(), "{s:?} should be rejected");
+        }
+        assert_eq!(
+            Backend::parse("[::1]:9001").unwrap().authority(),
+            "[::1]:9001"
+        );
+        assert_eq!(Backend::parse("https://h").unwrap().authority(), "h:443");
+    }
+
+    #[test]
+    fn host_matching() {
+        let cases = [
+            ("chat.example.com", "chat.example.com", true),
+            ("chat.example.com", "CHAT.Example.COM", true),
+            ("Chat.Example.com", "chat.example.com", true),
+            ("chat.example.com", "xchat.example.com", false),
+            ("chat.example.com", "chat.example.com.evil", false),
+            ("*.example.com", "a.example.com", true),
+            ("*.example.com", "a.b.example.com", true),
+            ("*.example.com", "A.EXAMPLE.COM", true),
+            ("*.example.com", "example.com", false),
+            ("*.example.com", ".example.com", false),
+            ("*.example.com", "evilexample.com", false),
+            ("*.example.com", "example.com.evil.com", false),
+            ("*.example.com", "ä.example.com", true),
+            ("*.example.com", "", false),
+            ("[::1]", "[::1]", true),
+            ("127.0.0.1", "127.0.0.1", true),
+        ];
+        for (pattern, host, want) in cases {
+            assert_eq!(
+                HostMatch::parse(pattern).unwrap().matches(host),
+                want,
+                "{pattern} vs {host}"
+            );
+        }
+        for bad in [
+            "", "*", "*.", "**.a.com", "a.*.com", "*a.com", "a.com:80", "::1", "[nope]", "a..com",
+            "a b",
+        ] {
+            assert!(HostMatch::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn syntax_keys_from_text() {
+        let text =
+            "a = 1\n[server]\nx = 1\n[[route]]\n[[route]]\n[route.limits]\ny = 2\nnot a key\n";
+        let cases = [
+            (1, "a"),
+            (2, "server"),
+            (3, "server.x"),
+            (4, "route[0]"),
+            (5, "route[1]"),
+            (6, "route[1].limits"),
+            (7, "route[1].limits.y"),
+            (8, "route[1].limits"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(syntax_key(text, line), want, "line {line}");
+        }
+    }
+
+    /// The example tells operators to uncomment `listen` and `[tls]`; doing
+    /// exactly that must give a valid file.
+    #[test]
+    fn example_config_with_tls_uncommented() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.toml"));
+        let text = std::fs::read_to_string(path).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| {
+                for prefix in ["# listen = ", "# [tls]", "# cert = ", "# key = "] {
+                    if l.starts_with(prefix) {
+                        return format!("{}\n", &l[2..]);
+                    }
+                }
+                format!("{l}\n")
+            })
+            .collect();
+        let c = Config::parse(&text, path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.server.listen,
+            ["127.0.0.1:8443".parse::<SocketAddr>().unwrap()]
+        );
+        let tls = c.tls.unwrap();
+        assert!(
+            tls.cert.value.ends_with("config/../certs/dev.pem"),
+            "{:?}",
+            tls.cert.value
+        );
+        assert!(
+            tls.key.value.ends_with("config/../certs/dev-key.pem"),
+            "{:?}",
+            tls.key.value
+        );
+    }
+
+    #[test]
+    fn example_config_loads() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.toml"));
+        let c = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            c.tls.is_none(),
+            "the example must not need a committed private key"
+        );
+        assert_eq!(
+            c.server.listen_plain,
+            ["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.server.admin, Some("127.0.0.1:9901".parse().unwrap()));
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(
+            c.routes[0].host,
+            Some(HostMatch::Exact("chat.example.com".into()))
+        );
+        assert_eq!(c.routes[0].path, "/ws");
+        assert_eq!(c.routes[1].path, "/");
     }
 }

@@ -1,6 +1,6 @@
 //! Test harness: the real sluice server type on loopback port 0, real
 //! backends that count their connections, and real clients.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::field_reassign_with_default, clippy::result_large_err)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,7 +50,11 @@ impl TestCert {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+        ])
+        .unwrap();
         let cert_path = dir.join("cert.pem");
         let key_path = dir.join("key.pem");
         std::fs::write(&cert_path, ck.cert.pem()).unwrap();
@@ -66,11 +70,13 @@ impl TestCert {
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.der.clone()).unwrap();
-        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(cfg)
     }
@@ -96,7 +102,8 @@ impl Sluice {
             cert.cert_path.display(),
             cert.key_path.display()
         );
-        let config = Config::parse(&toml, &cert.dir.join("sluice.toml")).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let config = Config::parse(&toml, &cert.dir.join("sluice.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
         let snapshot = Snapshot::build(config).unwrap();
         let running = Running::start(Shared::new(snapshot)).await.unwrap();
         let tls_addr = running.tls_addrs()[0];
@@ -111,7 +118,11 @@ impl Sluice {
 
     /// One route to `backend` with `extra` route keys.
     pub async fn to(backend: SocketAddr, server_extra: &str, extra: &str) -> Sluice {
-        Sluice::start(server_extra, &format!("[[route]]\nbackends = [\"{backend}\"]\n{extra}")).await
+        Sluice::start(
+            server_extra,
+            &format!("[[route]]\nbackends = [\"{backend}\"]\n{extra}"),
+        )
+        .await
     }
 
     pub fn ws_url(&self, path: &str) -> String {
@@ -147,7 +158,10 @@ pub async fn ws_plain(addr: SocketAddr, path: &str) -> Ws<TcpStream> {
 /// Sends `msg` and expects the same message back.
 pub async fn echo_once<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>, msg: Message) {
     ws.send(msg.clone()).await.unwrap();
-    let got = within("echo", ws.next()).await.expect("stream ended").expect("ws error");
+    let got = within("echo", ws.next())
+        .await
+        .expect("stream ended")
+        .expect("ws error");
     assert_eq!(got, msg);
 }
 
@@ -191,17 +205,27 @@ impl EchoWs {
                 tokio::spawn(async move {
                     let callback = |req: &Request, mut resp: Response| {
                         reqs.lock().unwrap().push(req.headers().clone());
-                        if let (Some(p), Some(offered)) = (protocol, req.headers().get("sec-websocket-protocol")) {
+                        if let (Some(p), Some(offered)) =
+                            (protocol, req.headers().get("sec-websocket-protocol"))
+                        {
                             if offered.to_str().unwrap().split(',').any(|o| o.trim() == p) {
-                                resp.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+                                resp.headers_mut()
+                                    .insert("sec-websocket-protocol", p.parse().unwrap());
                             }
                         }
                         Ok(resp)
                     };
-                    let mut config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
+                    let mut config =
+                        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
                     config.max_message_size = Some(64 << 20);
                     config.max_frame_size = Some(64 << 20);
-                    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(config)).await else {
+                    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(
+                        tcp,
+                        callback,
+                        Some(config),
+                    )
+                    .await
+                    else {
                         return;
                     };
                     let (mut tx, mut rx) = ws.split();
@@ -254,20 +278,22 @@ impl HttpEcho {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         reqs.fetch_add(1, Ordering::SeqCst);
                         async move {
-                        let mut head = format!("{} {}\n", req.method(), req.uri());
-                        for (k, v) in req.headers() {
-                            head.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
-                        }
-                        let mut body = req.into_body();
-                        let (mut n, mut hash) = (0u64, FNV_OFFSET);
-                        while let Some(frame) = body.frame().await {
-                            if let Ok(data) = frame.unwrap().into_data() {
-                                n += data.len() as u64;
-                                hash = fnv(hash, &data);
+                            let mut head = format!("{} {}\n", req.method(), req.uri());
+                            for (k, v) in req.headers() {
+                                head.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
                             }
-                        }
-                        head.push_str(&format!("body-len: {n}\nbody-hash: {hash:016x}\n"));
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(head))))
+                            let mut body = req.into_body();
+                            let (mut n, mut hash) = (0u64, FNV_OFFSET);
+                            while let Some(frame) = body.frame().await {
+                                if let Ok(data) = frame.unwrap().into_data() {
+                                    n += data.len() as u64;
+                                    hash = fnv(hash, &data);
+                                }
+                            }
+                            head.push_str(&format!("body-len: {n}\nbody-hash: {hash:016x}\n"));
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from(head),
+                            )))
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -400,13 +426,18 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 pub fn head_value(head: &str, name: &str) -> Option<String> {
     head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
     })
 }
 
 /// Writes a raw request and reads one response head (and whatever body bytes
 /// came in the same reads). Returns (status, head).
-pub async fn raw_request<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, request: &[u8]) -> (u16, String) {
+pub async fn raw_request<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &[u8],
+) -> (u16, String) {
     stream.write_all(request).await.unwrap();
     read_head(stream).await
 }
@@ -417,7 +448,11 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> (u16, String) {
     within("response head", async {
         loop {
             let n = stream.read(&mut byte).await.unwrap();
-            assert!(n > 0, "connection closed before a response head: {:?}", String::from_utf8_lossy(&buf));
+            assert!(
+                n > 0,
+                "connection closed before a response head: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
             buf.push(byte[0]);
             if buf.ends_with(b"\r\n\r\n") {
                 break;
@@ -432,9 +467,13 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> (u16, String) {
 
 /// Reads a response body of `Content-Length` bytes after `read_head`.
 pub async fn read_body<S: AsyncRead + Unpin>(stream: &mut S, head: &str) -> Vec<u8> {
-    let len: usize = head_value(head, "content-length").map(|v| v.parse().unwrap()).unwrap_or(0);
+    let len: usize = head_value(head, "content-length")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0);
     let mut body = vec![0u8; len];
-    within("response body", stream.read_exact(&mut body)).await.unwrap();
+    within("response body", stream.read_exact(&mut body))
+        .await
+        .unwrap();
     body
 }
 
@@ -448,7 +487,13 @@ pub fn upgrade_request(host: &str, path: &str, extra: &str) -> Vec<u8> {
 }
 
 /// Builds one frame. `mask`: Some(key) masks the payload.
-pub fn frame_bytes(fin: bool, rsv: u8, opcode: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+pub fn frame_bytes(
+    fin: bool,
+    rsv: u8,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut out = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
     let m = if mask.is_some() { 0x80 } else { 0 };
     let len = payload.len();
@@ -482,7 +527,8 @@ pub struct RawFrame {
 
 impl RawFrame {
     pub fn close_code(&self) -> Option<u16> {
-        (self.opcode == 8 && self.payload.len() >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+        (self.opcode == 8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
     }
 }
 
