@@ -21,18 +21,22 @@
 //! TCP, TLS, or hyper's `Upgraded` (WebSocket over h2).
 
 use std::fmt;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{watch, Notify};
+use tokio::io::{AsyncWrite, ReadBuf};
+use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use crate::config::OnMessageRate;
 use crate::frame::{self, Header, HeaderError};
 use crate::policy::rate::MessageBucket;
+use crate::stream::Peer;
 
 /// Bytes read from a socket in one go. 16 KiB holds one full TLS record.
 const BUF_LEN: usize = 16 * 1024;
@@ -237,9 +241,10 @@ pub struct Report {
     pub duration: Duration,
 }
 
-/// State the two directions and the watchdog share. Each direction writes
-/// only its own counters; the close requests are how one direction asks the
-/// other to close the peer that only the other writes to.
+/// State the two directions and the watchdog share. Both directions and the
+/// watchdog run in one task, and every poll of that task polls all three, so
+/// a flag set by one is seen by the others on the next poll; whoever sets a
+/// flag yields once to guarantee that poll happens.
 #[derive(Debug)]
 struct Control {
     start: Instant,
@@ -247,14 +252,11 @@ struct Control {
     last_activity: AtomicU64,
     /// Close code requested toward (client, backend); 0 = none.
     close_request: [AtomicU16; 2],
-    /// Wakes the direction writing to (client, backend).
-    wake: [Notify; 2],
     /// Close code sluice sent to (client, backend).
     sent_close: [AtomicU16; 2],
     /// A Close frame has passed in (client-to-backend, backend-to-client).
     saw_close: [AtomicBool; 2],
     done: [AtomicBool; 2],
-    watchdog: Notify,
     bytes: [AtomicU64; 2],
     frames: [AtomicU64; 2],
     ending: OnceLock<Ending>,
@@ -266,11 +268,9 @@ impl Control {
             start: Instant::now(),
             last_activity: AtomicU64::new(0),
             close_request: [AtomicU16::new(0), AtomicU16::new(0)],
-            wake: [Notify::new(), Notify::new()],
             sent_close: [AtomicU16::new(0), AtomicU16::new(0)],
             saw_close: [AtomicBool::new(false), AtomicBool::new(false)],
             done: [AtomicBool::new(false), AtomicBool::new(false)],
-            watchdog: Notify::new(),
             bytes: [AtomicU64::new(0), AtomicU64::new(0)],
             frames: [AtomicU64::new(0), AtomicU64::new(0)],
             ending: OnceLock::new(),
@@ -287,11 +287,18 @@ impl Control {
         let i = side as usize;
         let _ =
             self.close_request[i].compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.wake[i].notify_one();
     }
 
     fn end(&self, ending: Ending) {
         let _ = self.ending.set(ending);
+    }
+
+    /// The close handshake is complete and one side has finished: the other
+    /// has nothing left to say.
+    fn winding_down(&self) -> bool {
+        self.saw_close[0].load(Ordering::Acquire)
+            && self.saw_close[1].load(Ordering::Acquire)
+            && (self.done[0].load(Ordering::Acquire) || self.done[1].load(Ordering::Acquire))
     }
 }
 
@@ -300,32 +307,30 @@ impl Control {
 /// `client_pre` / `backend_pre` are bytes hyper read past the handshake; they
 /// are scanned like any other bytes. `shutdown` turning true drains the
 /// tunnel: Close 1001 to both sides at their next frame boundary.
-pub async fn run<C, B>(
+pub async fn run<C: Peer, B: Peer>(
     client: C,
     client_pre: Bytes,
     backend: B,
     backend_pre: Bytes,
     policy: Policy,
     mut shutdown: watch::Receiver<bool>,
-) -> Report
-where
-    C: AsyncRead + AsyncWrite + Send + Unpin,
-    B: AsyncRead + AsyncWrite + Send + Unpin,
-{
+) -> Report {
     let ctl = Control::new();
-    let (client_rd, client_wr) = tokio::io::split(client);
-    let (backend_rd, backend_wr) = tokio::io::split(backend);
+    // Both halves of a stream are used from this one task, so the lock is
+    // never contended; it only lets two `&mut` users take turns.
+    let client = Mutex::new(client);
+    let backend = Mutex::new(backend);
     let mut upstream = Half::new(
         Direction::ClientToBackend,
-        client_rd,
-        backend_wr,
+        &client,
+        &backend,
         client_pre,
         &policy,
     );
     let mut downstream = Half::new(
         Direction::BackendToClient,
-        backend_rd,
-        client_wr,
+        &backend,
+        &client,
         backend_pre,
         &policy,
     );
@@ -335,12 +340,22 @@ where
     };
     let watchdog = async {
         let idle = policy.idle_timeout;
+        let winding_down = std::future::poll_fn(|_| {
+            if ctl.winding_down() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        tokio::pin!(winding_down);
+        let mut draining = false;
         loop {
             let last = Duration::from_millis(ctl.last_activity.load(Ordering::Relaxed));
             let deadline = ctl.start + last + idle;
             tokio::select! {
                 _ = sleep_until(deadline) => {
-                    if ctl.start.elapsed() >= Duration::from_millis(ctl.last_activity.load(Ordering::Relaxed)) + idle {
+                    let last = Duration::from_millis(ctl.last_activity.load(Ordering::Relaxed));
+                    if ctl.start.elapsed() >= last + idle {
                         ctl.end(Ending::Idle);
                         ctl.request_close(Side::Client, 1001);
                         ctl.request_close(Side::Backend, 1001);
@@ -349,23 +364,18 @@ where
                         return;
                     }
                 }
-                changed = shutdown.changed() => {
+                changed = shutdown.changed(), if !draining => {
                     if changed.is_err() || *shutdown.borrow() {
+                        draining = true;
                         ctl.end(Ending::Drain);
                         ctl.request_close(Side::Client, 1001);
                         ctl.request_close(Side::Backend, 1001);
                         // From here the daemon's shutdown_grace bounds the wait.
-                        std::future::pending::<()>().await;
                     }
                 }
-                _ = ctl.watchdog.notified() => {
-                    // One direction finished after the close handshake: the
-                    // other peer has nothing left to say, give it LINGER.
-                    let handshake_done = ctl.saw_close[0].load(Ordering::Acquire) && ctl.saw_close[1].load(Ordering::Acquire);
-                    if handshake_done && (ctl.done[0].load(Ordering::Acquire) || ctl.done[1].load(Ordering::Acquire)) {
-                        sleep(LINGER).await;
-                        return;
-                    }
+                _ = &mut winding_down => {
+                    sleep(LINGER).await;
+                    return;
                 }
             }
         }
@@ -404,14 +414,32 @@ enum Step {
     WriteFailed,
 }
 
+/// What waiting on the sender produced.
+enum Input {
+    /// `n` new bytes after the held ones.
+    Data(usize),
+    /// EOF or a read error.
+    Ended,
+    /// A Close was requested toward our receiver while at a frame boundary.
+    CloseRequested(u16),
+}
+
+/// Locks a stream for one poll. Poisoning cannot leave a stream half-updated
+/// in a way that matters here (a panic ends the tunnel anyway).
+fn lock<S>(m: &Mutex<S>) -> std::sync::MutexGuard<'_, S> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One direction of a tunnel: reads from `src`, writes to `dst`.
-struct Half<R, W> {
+struct Half<'a, R, W> {
     dir: Direction,
-    src: R,
-    dst: W,
+    src: &'a Mutex<R>,
+    dst: &'a Mutex<W>,
+    /// The read buffer, taken from the pool only while the sender is
+    /// talking; an idle direction holds none.
+    buf: Option<Box<[u8]>>,
     /// `buf[..held]` are bytes read but not yet processed: a partial header
-    /// or a partial Close frame. `held <= buf.len()`.
-    buf: Vec<u8>,
+    /// or a partial Close frame. `held <= buf.len()`; `held > 0` implies `buf`.
     held: usize,
     /// Payload bytes of the current frame not yet seen.
     remaining: u64,
@@ -424,14 +452,23 @@ struct Half<R, W> {
     bucket: Option<(MessageBucket, OnMessageRate)>,
 }
 
-impl<R, W> Half<R, W>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    fn new(dir: Direction, src: R, dst: W, pre: Bytes, policy: &Policy) -> Self {
-        let mut buf = vec![0u8; BUF_LEN.max(pre.len())];
-        buf[..pre.len()].copy_from_slice(&pre);
+impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
+    fn new(
+        dir: Direction,
+        src: &'a Mutex<R>,
+        dst: &'a Mutex<W>,
+        pre: Bytes,
+        policy: &Policy,
+    ) -> Self {
+        let buf = (!pre.is_empty()).then(|| {
+            let mut buf = if pre.len() <= BUF_LEN {
+                pool::take()
+            } else {
+                vec![0u8; pre.len()].into_boxed_slice()
+            };
+            buf[..pre.len()].copy_from_slice(&pre);
+            buf
+        });
         let bucket = match (dir, policy.message_rate) {
             (Direction::ClientToBackend, Some((rate, burst, mode))) => {
                 Some((MessageBucket::new(rate, burst), mode))
@@ -454,12 +491,15 @@ where
 
     async fn run(&mut self, ctl: &Control, policy: &Policy) {
         self.relay(ctl, policy).await;
+        if let Some(buf) = self.buf.take() {
+            pool::give(buf);
+        }
         ctl.done[self.dir.index()].store(true, Ordering::Release);
-        ctl.watchdog.notify_one();
+        // Make sure the watchdog and the other direction look at the flags.
+        tokio::task::yield_now().await;
     }
 
     async fn relay(&mut self, ctl: &Control, policy: &Policy) {
-        let receiver = self.dir.receiver() as usize;
         // Bytes hyper handed over are processed before the first read.
         let mut len = std::mem::take(&mut self.held);
         loop {
@@ -467,7 +507,9 @@ where
                 match self.process(len, ctl, policy).await {
                     Step::Read => {}
                     Step::InjectClose(code) => {
-                        return self.close_and_linger(code, "going away", ctl, policy).await
+                        return self
+                            .close_and_linger(code, close_reason(code), ctl, policy)
+                            .await
                     }
                     Step::Violation(v) => {
                         ctl.end(Ending::Violation {
@@ -475,33 +517,76 @@ where
                             violation: v,
                         });
                         ctl.request_close(self.dir.sender(), v.close_code());
+                        tokio::task::yield_now().await;
                         return self.close_and_linger(1001, "going away", ctl, policy).await;
                     }
                     Step::WriteFailed => return,
                 }
-            } else if self.remaining == 0 {
-                let code = ctl.close_request[receiver].load(Ordering::Acquire);
-                if code != 0 {
-                    return self
-                        .close_and_linger(code, close_reason(code), ctl, policy)
-                        .await;
-                }
             }
-            let held = self.held;
-            let read = tokio::select! {
-                r = self.src.read(&mut self.buf[held..]) => r,
-                _ = ctl.wake[receiver].notified() => {
-                    len = 0;
-                    continue;
-                }
-            };
-            match read {
-                Ok(0) | Err(_) => return self.source_ended(ctl, policy).await,
-                Ok(n) => {
+            match self.next_input(ctl).await {
+                Input::Data(n) => {
                     ctl.touch();
                     ctl.bytes[self.dir.index()].fetch_add(n as u64, Ordering::Relaxed);
-                    len = held + n;
-                    self.held = 0;
+                    len = std::mem::take(&mut self.held) + n;
+                }
+                Input::Ended => return self.source_ended(ctl, policy).await,
+                Input::CloseRequested(code) => {
+                    return self
+                        .close_and_linger(code, close_reason(code), ctl, policy)
+                        .await
+                }
+            }
+        }
+    }
+
+    /// Waits for the sender to say something, holding no buffer while it is
+    /// silent (when the stream can signal readiness), or for a close request
+    /// toward our receiver that can be honoured now (at a frame boundary).
+    async fn next_input(&mut self, ctl: &Control) -> Input {
+        let receiver = self.dir.receiver() as usize;
+        let waits_without_buffer = lock(self.src).has_readiness();
+        loop {
+            let close_now = || {
+                let code = ctl.close_request[receiver].load(Ordering::Acquire);
+                (code != 0 && self.remaining == 0).then_some(code)
+            };
+            if self.buf.is_none() {
+                let ready = std::future::poll_fn(|cx| {
+                    if let Some(code) = close_now() {
+                        return Poll::Ready(Err(code));
+                    }
+                    lock(self.src).poll_read_ready(cx).map(|_| Ok(()))
+                })
+                .await;
+                if let Err(code) = ready {
+                    return Input::CloseRequested(code);
+                }
+                self.buf = Some(pool::take());
+            }
+            let held = self.held;
+            let buf = self.buf.as_mut().expect("taken above");
+            let read = std::future::poll_fn(|cx| {
+                if let Some(code) = close_now() {
+                    return Poll::Ready(Some(Err(code)));
+                }
+                let mut rb = ReadBuf::new(&mut buf[held..]);
+                match Pin::new(&mut *lock(self.src)).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(rb.filled().len()))),
+                    Poll::Ready(Err(_)) => Poll::Ready(Some(Ok(0))),
+                    // Spurious readiness: give the buffer back and wait again.
+                    Poll::Pending if waits_without_buffer && held == 0 => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            match read {
+                Some(Ok(0)) => return Input::Ended,
+                Some(Ok(n)) => return Input::Data(n),
+                Some(Err(code)) => return Input::CloseRequested(code),
+                None => {
+                    if let Some(buf) = self.buf.take() {
+                        pool::give(buf);
+                    }
                 }
             }
         }
@@ -530,7 +615,8 @@ where
             if pos == len {
                 break Step::Read;
             }
-            let header = match frame::parse_header(&self.buf[pos..len]) {
+            let buf = self.buf.as_ref().expect("process runs on a held buffer");
+            let header = match frame::parse_header(&buf[pos..len]) {
                 Err(e) => break Step::Violation(e.into()),
                 Ok(None) => break Step::Read,
                 Ok(Some(h)) => h,
@@ -543,7 +629,7 @@ where
                 if len - pos < total {
                     break Step::Read;
                 }
-                if let Err(e) = check_close(&header, &self.buf[pos..pos + total]) {
+                if let Err(e) = check_close(&header, &buf[pos..pos + total]) {
                     break Step::Violation(Violation::BadClose(e));
                 }
                 ctl.saw_close[self.dir.index()].store(true, Ordering::Release);
@@ -595,7 +681,8 @@ where
         }
         // Keep the unprocessed tail (an incomplete header or Close frame).
         if matches!(step, Step::Read) && pos < len {
-            self.buf.copy_within(pos..len, 0);
+            let buf = self.buf.as_mut().expect("process runs on a held buffer");
+            buf.copy_within(pos..len, 0);
             self.held = len - pos;
         } else {
             self.held = 0;
@@ -696,11 +783,8 @@ where
         if from == to {
             return true;
         }
-        let write = async {
-            self.dst.write_all(&self.buf[from..to]).await?;
-            self.dst.flush().await
-        };
-        match timeout(policy.idle_timeout, write).await {
+        let buf = self.buf.as_ref().expect("forward runs on a held buffer");
+        match timeout(policy.idle_timeout, write_all(self.dst, &buf[from..to])).await {
             Ok(Ok(())) => true,
             Ok(Err(_)) => {
                 ctl.end(Ending::Vanished(self.dir.receiver()));
@@ -729,7 +813,7 @@ where
             }
         }
         // Pass the FIN on; the other direction keeps flowing (half-close).
-        let _ = timeout(LINGER, self.dst.shutdown()).await;
+        let _ = timeout(LINGER, shutdown(self.dst)).await;
     }
 
     /// Sends our receiver a Close (unless one already went), ends the stream
@@ -738,14 +822,25 @@ where
         if !self.closed_dst {
             self.send_close(code, reason, ctl, policy).await;
         }
-        let _ = timeout(LINGER, self.dst.shutdown()).await;
+        let _ = timeout(LINGER, shutdown(self.dst)).await;
+        let buf = self.buf.get_or_insert_with(pool::take);
         let deadline = Instant::now() + LINGER;
-        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, self.src.read(&mut self.buf)).await
-        {
-            if n == 0 {
-                break;
+        let src = self.src;
+        let drain = async {
+            loop {
+                let n = std::future::poll_fn(|cx| {
+                    let mut rb = ReadBuf::new(&mut buf[..]);
+                    Pin::new(&mut *lock(src))
+                        .poll_read(cx, &mut rb)
+                        .map_ok(|()| rb.filled().len())
+                })
+                .await;
+                if !matches!(n, Ok(n) if n > 0) {
+                    break;
+                }
             }
-        }
+        };
+        let _ = tokio::time::timeout_at(deadline, drain).await;
     }
 
     async fn send_close(&mut self, code: u16, reason: &str, ctl: &Control, policy: &Policy) {
@@ -756,12 +851,58 @@ where
         };
         let n = frame::encode_close(code, reason, mask, &mut out);
         self.closed_dst = true;
-        let write = async {
-            self.dst.write_all(&out[..n]).await?;
-            self.dst.flush().await
-        };
-        if let Ok(Ok(())) = timeout(policy.idle_timeout.min(LINGER), write).await {
+        if let Ok(Ok(())) = timeout(
+            policy.idle_timeout.min(LINGER),
+            write_all(self.dst, &out[..n]),
+        )
+        .await
+        {
             ctl.sent_close[self.dir.receiver() as usize].store(code, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `write_all` + `flush` on a shared stream, locking it for each poll only.
+async fn write_all<W: AsyncWrite + Unpin>(dst: &Mutex<W>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = std::future::poll_fn(|cx| Pin::new(&mut *lock(dst)).poll_write(cx, bytes)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    std::future::poll_fn(|cx| Pin::new(&mut *lock(dst)).poll_flush(cx)).await
+}
+
+async fn shutdown<W: AsyncWrite + Unpin>(dst: &Mutex<W>) -> io::Result<()> {
+    std::future::poll_fn(|cx| Pin::new(&mut *lock(dst)).poll_shutdown(cx)).await
+}
+
+/// Read buffers shared by all tunnels. A direction takes one when its sender
+/// has bytes ready and gives it back when the sender goes quiet, so an idle
+/// tunnel holds no buffer at all; the pool keeps a bounded number of spares
+/// so a busy proxy does not go back to the allocator for every read.
+mod pool {
+    use std::sync::Mutex;
+
+    use super::BUF_LEN;
+
+    /// Spare buffers kept: 256 × 16 KiB = 4 MiB at most.
+    const MAX_SPARE: usize = 256;
+    static SPARE: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+    pub fn take() -> Box<[u8]> {
+        let spare = SPARE.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        spare.unwrap_or_else(|| vec![0u8; BUF_LEN].into_boxed_slice())
+    }
+
+    pub fn give(buf: Box<[u8]>) {
+        if buf.len() != BUF_LEN {
+            return;
+        }
+        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < MAX_SPARE {
+            spare.push(buf);
         }
     }
 }

@@ -79,3 +79,58 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
         }
     }
 }
+
+/// A stream the relay can wait on without holding a read buffer.
+pub trait Peer: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Ready when a read is likely to return data (or EOF/error). Spurious
+    /// readiness is allowed: the relay then reads `Pending` and waits again.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// False when `poll_read_ready` cannot wait (it is always ready): the
+    /// relay then keeps its buffer and waits in `poll_read` instead.
+    fn has_readiness(&self) -> bool {
+        true
+    }
+}
+
+/// Access to the TCP socket under a TLS stream.
+pub trait OverTcp {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl OverTcp for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl OverTcp for tokio_rustls::client::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + OverTcp> Peer for MaybeTls<T> {
+    /// For TLS this is the socket's readiness. That is sound because the relay
+    /// reads again at once after a read that filled its buffer (rustls may
+    /// hold more plaintext), and only waits after a short read, which means
+    /// rustls had no plaintext left.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            MaybeTls::Plain(s) => s.poll_read_ready(cx),
+            MaybeTls::Tls(s) => s.tcp().poll_read_ready(cx),
+        }
+    }
+}
+
+/// Streams with no readiness of their own (an h2 stream behind hyper's
+/// `Upgraded`): always "ready", so the relay holds its buffer while waiting.
+impl Peer for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {
+    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn has_readiness(&self) -> bool {
+        false
+    }
+}

@@ -11,6 +11,7 @@
 //! WebSocket over h2 (RFC 8441 extended CONNECT) takes the same path and
 //! becomes an HTTP/1.1 upgrade toward the backend with a fresh key.
 
+use crate::stream::Peer;
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -20,7 +21,6 @@ use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::backend::{self, BackendError};
 use crate::headers;
@@ -485,7 +485,7 @@ async fn with_client<B>(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> relay::Report
 where
-    B: AsyncRead + AsyncWrite + Send + Unpin,
+    B: Peer,
 {
     // Behind hyper-util's auto builder the IO is wrapped in a private type;
     // its own downcast helper unwraps it (hyper issue #3587).

@@ -32,10 +32,23 @@ pub fn limit_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Above this many tracked IPs, a handshake also triggers eviction (checked
+/// every [`EVICT_CHECK_EVERY`] handshakes), so a scan from many addresses is
+/// cleaned up without waiting for the periodic housekeeping.
+pub const SOFT_MAX_KEYS: usize = 65_536;
+pub const EVICT_CHECK_EVERY: u64 = 1024;
+
 /// Handshakes per second per IP with a burst.
+///
+/// Memory bound: a key's state is dropped once its bucket is full again,
+/// i.e. `handshake_burst / handshakes_per_second` seconds after its last
+/// handshake (2 s with the defaults). The map therefore holds at most the
+/// distinct client addresses (IPv6: /64s) seen in that window, and is swept
+/// every 10 s and whenever it passes [`SOFT_MAX_KEYS`].
 #[derive(Debug)]
 pub struct HandshakeLimiter {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
+    checks: std::sync::atomic::AtomicU64,
 }
 
 impl HandshakeLimiter {
@@ -44,11 +57,18 @@ impl HandshakeLimiter {
             .allow_burst(NonZeroU32::new(burst.max(1)).unwrap());
         HandshakeLimiter {
             limiter: RateLimiter::keyed(quota),
+            checks: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// `Err(retry_after)` when the IP is over its rate.
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        let n = self
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % EVICT_CHECK_EVERY == EVICT_CHECK_EVERY - 1 && self.limiter.len() > SOFT_MAX_KEYS {
+            self.limiter.retain_recent();
+        }
         self.limiter
             .check_key(&limit_key(ip))
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))

@@ -1,6 +1,10 @@
 //! Test harness: the real sluice server type on loopback port 0, real
 //! backends that count their connections, and real clients.
-#![allow(dead_code, clippy::field_reassign_with_default, clippy::result_large_err)]
+#![allow(
+    dead_code,
+    clippy::field_reassign_with_default,
+    clippy::result_large_err
+)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
