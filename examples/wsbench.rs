@@ -39,7 +39,14 @@ fn main() {
                 rate,
             ))
         }
-        _ => eprintln!("usage: wsbench echo LISTEN | copy LISTEN TARGET | load TARGET CONNS SIZE SECS [PID] [RATE]"),
+        Some("idle") => rt.block_on(idle(
+            args[1].parse().unwrap(),
+            args[2].parse().unwrap(),
+            args[3].parse().unwrap(),
+        )),
+        _ => eprintln!(
+            "usage: wsbench echo LISTEN | copy LISTEN TARGET | load TARGET CONNS SIZE SECS [PID] [RATE] | idle TARGET N PID"
+        ),
     }
 }
 
@@ -155,6 +162,57 @@ async fn copy(listen: SocketAddr, target: SocketAddr) {
             let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
         });
     }
+}
+
+/// Resident set size of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn upgrade(target: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(target).await.unwrap();
+    let _ = s.set_nodelay(true);
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: {target}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
+/// Holds N idle tunnels open; prints the proxy's RSS growth per tunnel, then
+/// checks that every tunnel still echoes.
+async fn idle(target: SocketAddr, n: usize, pid: u32) {
+    let before = rss_kib(pid);
+    let mut tunnels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = upgrade(target).await;
+        // One round trip each, so both directions have been used once.
+        s.write_all(&[0x82, 0x81, 1, 2, 3, 4, 7 ^ 1]).await.unwrap();
+        let mut echo = [0u8; 3];
+        s.read_exact(&mut echo).await.unwrap();
+        tunnels.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid);
+    let mut ok = 0;
+    for s in &mut tunnels {
+        s.write_all(&[0x82, 0x81, 1, 2, 3, 4, 9 ^ 1]).await.unwrap();
+        let mut echo = [0u8; 3];
+        if s.read_exact(&mut echo).await.is_ok() && echo == [0x82, 1, 9] {
+            ok += 1;
+        }
+    }
+    println!(
+        "tunnels={n} rss_before_kib={before} rss_after_kib={after} kib_per_tunnel={:.2} still_echoing={ok}",
+        (after.saturating_sub(before)) as f64 / n as f64
+    );
 }
 
 /// utime + stime of a process, in microseconds.
