@@ -32,6 +32,9 @@ pub struct Running {
     listeners: HashMap<(SocketAddr, bool), (SocketAddr, JoinHandle<()>)>,
     /// The admin listener: (configured, bound, task).
     admin: Option<(SocketAddr, SocketAddr, JoinHandle<()>)>,
+    /// Sockets inherited from systemd socket activation, by address, not yet
+    /// used by a listener.
+    inherited: HashMap<SocketAddr, std::net::TcpListener>,
 }
 
 impl Running {
@@ -41,7 +44,9 @@ impl Running {
             shared,
             listeners: HashMap::new(),
             admin: None,
+            inherited: HashMap::new(),
         };
+        running.inherit_sockets();
         let config = running.shared.snapshot().config.clone();
         running.open_listeners(&config).await?;
         Ok(running)
@@ -55,6 +60,31 @@ impl Running {
     /// Bound addresses of the cleartext listeners.
     pub fn plain_addrs(&self) -> Vec<SocketAddr> {
         self.addrs(false)
+    }
+
+    /// Takes the sockets systemd passed (`LISTEN_FDS`), so a restart of the
+    /// binary never refuses a connection on an address systemd holds.
+    fn inherit_sockets(&mut self) {
+        use std::os::fd::FromRawFd;
+        let fds = match sd_notify::listen_fds() {
+            Ok(fds) => fds,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring LISTEN_FDS");
+                return;
+            }
+        };
+        for fd in fds {
+            // SAFETY: systemd hands these descriptors to this process (LISTEN_PID
+            // was checked by listen_fds) and nothing else in it owns them.
+            let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+            match listener.local_addr() {
+                Ok(addr) => {
+                    tracing::info!(%addr, fd, "inherited socket from systemd");
+                    self.inherited.insert(addr, listener);
+                }
+                Err(e) => tracing::warn!(fd, error = %e, "inherited descriptor is not a TCP listener"),
+            }
+        }
     }
 
     /// Bound address of the admin listener.
@@ -89,7 +119,11 @@ impl Running {
             if self.listeners.contains_key(key) {
                 continue;
             }
-            let listener = match Listener::bind(key.0, key.1).await {
+            let bound = match self.inherited.remove(&key.0) {
+                Some(std) => Listener::from_std(std, key.1),
+                None => Listener::bind(key.0, key.1).await,
+            };
+            let listener = match bound {
                 Ok(l) => l,
                 Err(e) => {
                     // All or nothing: do not leave half of a new config bound.

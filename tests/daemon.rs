@@ -303,3 +303,54 @@ async fn admin_serves_healthz_and_metrics_that_move_with_traffic() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn socket_activation_uses_the_inherited_socket() {
+    let Ok(activate) = which("systemd-socket-activate") else {
+        eprintln!("systemd-socket-activate not installed; .ci/run installs it");
+        return;
+    };
+    let backend = HttpEcho::start().await;
+    let port = refused_addr().await.port();
+    let dir = TestCert::new().dir;
+    let path = config(
+        &dir,
+        &format!("[server]\nlisten_plain = [\"127.0.0.1:{port}\"]\n[[route]]\nbackends = [\"{}\"]\n", backend.addr),
+    );
+    let mut child = Command::new(activate)
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-E", "RUST_LOG=info", BIN, "run", "-c"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let mut proc = Proc { child, lines };
+    // The socket is systemd's (here: the activator's) before sluice runs.
+    let t = Instant::now();
+    let (status, _) = loop {
+        if let Ok(Ok(mut tcp)) = tokio::time::timeout(WAIT, TcpStream::connect(("127.0.0.1", port))).await {
+            break raw_request(&mut tcp, b"GET /activated HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        }
+        assert!(t.elapsed() < WAIT, "activator never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, 200);
+    proc.wait_line("inherited socket from systemd", 1).await;
+    proc.signal("TERM");
+    assert!(proc.wait_exit(Duration::from_secs(5)).await.success());
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.exists()))
+        .ok_or(())
+}
