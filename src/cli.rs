@@ -11,8 +11,18 @@ use clap::{Parser, Subcommand};
     about = "TLS-terminating WebSocket and HTTP reverse proxy with frame-level policy"
 )]
 pub struct Cli {
+    /// Log line format on stderr: `text` (key=value fields, logfmt-like) or
+    /// `json` (one object per line). Also `SLUICE_LOG_FORMAT`.
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

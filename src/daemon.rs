@@ -82,7 +82,9 @@ impl Running {
                     tracing::info!(%addr, fd, "inherited socket from systemd");
                     self.inherited.insert(addr, listener);
                 }
-                Err(e) => tracing::warn!(fd, error = %e, "inherited descriptor is not a TCP listener"),
+                Err(e) => {
+                    tracing::warn!(fd, error = %e, "inherited descriptor is not a TCP listener")
+                }
             }
         }
     }

@@ -359,6 +359,7 @@ pub async fn run<C: Peer, B: Peer>(
                         ctl.end(Ending::Idle);
                         ctl.request_close(Side::Client, 1001);
                         ctl.request_close(Side::Backend, 1001);
+                        tokio::task::yield_now().await;
                         // An idle peer may sit mid-frame forever; do not wait for it.
                         sleep(LINGER * 2).await;
                         return;
@@ -370,6 +371,7 @@ pub async fn run<C: Peer, B: Peer>(
                         ctl.end(Ending::Drain);
                         ctl.request_close(Side::Client, 1001);
                         ctl.request_close(Side::Backend, 1001);
+                        tokio::task::yield_now().await;
                         // From here the daemon's shutdown_grace bounds the wait.
                     }
                 }

@@ -315,7 +315,10 @@ async fn socket_activation_uses_the_inherited_socket() {
     let dir = TestCert::new().dir;
     let path = config(
         &dir,
-        &format!("[server]\nlisten_plain = [\"127.0.0.1:{port}\"]\n[[route]]\nbackends = [\"{}\"]\n", backend.addr),
+        &format!(
+            "[server]\nlisten_plain = [\"127.0.0.1:{port}\"]\n[[route]]\nbackends = [\"{}\"]\n",
+            backend.addr
+        ),
     );
     let mut child = Command::new(activate)
         .arg("-l")
@@ -337,8 +340,14 @@ async fn socket_activation_uses_the_inherited_socket() {
     // The socket is systemd's (here: the activator's) before sluice runs.
     let t = Instant::now();
     let (status, _) = loop {
-        if let Ok(Ok(mut tcp)) = tokio::time::timeout(WAIT, TcpStream::connect(("127.0.0.1", port))).await {
-            break raw_request(&mut tcp, b"GET /activated HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        if let Ok(Ok(mut tcp)) =
+            tokio::time::timeout(WAIT, TcpStream::connect(("127.0.0.1", port))).await
+        {
+            break raw_request(
+                &mut tcp,
+                b"GET /activated HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .await;
         }
         assert!(t.elapsed() < WAIT, "activator never listened");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -351,6 +360,10 @@ async fn socket_activation_uses_the_inherited_socket() {
 
 fn which(name: &str) -> Result<PathBuf, ()> {
     std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.exists()))
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|p| p.exists())
+        })
         .ok_or(())
 }
