@@ -1,0 +1,109 @@
+//! Contract: `sluice demo` needs no files: TLS on 127.0.0.1:8443 with a
+//! self-signed certificate, a page at `/` with a browser WebSocket client,
+//! and a built-in echo backend behind `/ws`. (The port is the contract's.)
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{SinkExt, StreamExt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use support::*;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The demo's certificate is made fresh in memory; a browser user clicks
+/// through the warning, this client accepts it the same way.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+async fn tls() -> tokio_rustls::client::TlsStream<TcpStream> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    let tcp = TcpStream::connect("127.0.0.1:8443").await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn demo_serves_the_page_and_echoes_over_wss() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let t = Instant::now();
+    let first = out.next().expect("demo printed nothing").unwrap();
+    assert!(first.contains("https://127.0.0.1:8443/"), "{first}");
+    assert!(t.elapsed() < WAIT);
+
+    let mut page = tls().await;
+    let (status, _) = raw_request(
+        &mut page,
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut html = String::new();
+    let _ = within("page", page.read_to_string(&mut html)).await;
+    assert!(html.contains("new WebSocket("), "{html}");
+
+    let (mut ws, _) = within(
+        "wss handshake",
+        tokio_tungstenite::client_async("wss://127.0.0.1:8443/ws", tls().await),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::Text("hello demo".into())).await.unwrap();
+    let echo = within("echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(echo, Message::Text("hello demo".into()));
+    let _ = child.kill();
+    let _ = child.wait();
+}
