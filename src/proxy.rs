@@ -152,11 +152,21 @@ impl ProxyError {
 
 /// Serves one request. Never fails: every error becomes a response.
 pub async fn serve(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let version = req.version();
     let result = route_request(&ctx, req).await;
     Ok(match result {
-        Ok(resp) => resp,
+        Ok(resp) => {
+            // The access-log line: one per request, at the response head.
+            tracing::info!(
+                peer = %ctx.conn.peer, %method, path, ?version, status = resp.status().as_u16(),
+                head_ms = started.elapsed().as_millis() as u64,
+                "request"
+            );
+            resp
+        }
         Err(e) => {
             let status = e.status().as_u16();
             match e.fault() {

@@ -242,3 +242,121 @@ async fn backend_that_vanishes_gets_the_client_a_1001() {
     assert_eq!(f.close_code(), Some(1001));
     drop(sluice);
 }
+
+#[tokio::test]
+async fn rsv1_passes_when_permessage_deflate_was_negotiated() {
+    let backend = RawBackend::start(|head| {
+        let mut out = good_101(head);
+        // Accept the client's deflate offer.
+        let at = out.len() - 2;
+        out.splice(
+            at..at,
+            b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+                .iter()
+                .copied(),
+        );
+        out
+    })
+    .await;
+    let sluice = Sluice::to(backend.addr, "", "").await;
+    let mut client = TcpStream::connect(sluice.plain_addr).await.unwrap();
+    let req = upgrade_request(
+        &sluice.plain_addr.to_string(),
+        "/",
+        "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+    );
+    let (status, head) = raw_request(&mut client, &req).await;
+    assert_eq!(status, 101, "{head}");
+    // RSV1 on the first frame is the "compressed" bit: legal now.
+    let first = frame_bytes(false, 4, 2, Some(KEY), b"deflated?");
+    let rest = frame_bytes(true, 0, 0, Some(KEY), b"more");
+    let mut wire = first.clone();
+    wire.extend_from_slice(&rest);
+    client.write_all(&wire).await.unwrap();
+    assert_eq!(backend_bytes(&backend, wire.len()).await, wire);
+    // RSV1 on a continuation frame is still a protocol error (RFC 7692 §6).
+    let bad = frame_bytes(false, 4, 2, Some(KEY), b"x");
+    let mut wire2 = bad.clone();
+    wire2.extend(frame_bytes(true, 4, 0, Some(KEY), b"y"));
+    client.write_all(&wire2).await.unwrap();
+    let close = read_frame(&mut client).await.unwrap();
+    assert_eq!(close.close_code(), Some(1002));
+}
+
+#[tokio::test]
+async fn strip_compression_removes_the_deflate_offer() {
+    let backend = EchoWs::start().await;
+    let sluice = Sluice::to(
+        backend.addr,
+        "",
+        "[route.websocket]\nstrip_compression = true\n",
+    )
+    .await;
+    let mut client = TcpStream::connect(sluice.plain_addr).await.unwrap();
+    let req = upgrade_request(
+        &sluice.plain_addr.to_string(),
+        "/",
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+    );
+    let (status, head) = raw_request(&mut client, &req).await;
+    assert_eq!(status, 101, "{head}");
+    assert!(head_value(&head, "sec-websocket-extensions").is_none());
+    let seen = backend.requests.lock().unwrap()[0].clone();
+    assert!(seen.get("sec-websocket-extensions").is_none(), "{seen:?}");
+    // With no extension negotiated, RSV1 is a protocol error.
+    client
+        .write_all(&frame_bytes(true, 4, 1, Some(KEY), b"x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut client).await.unwrap().close_code(),
+        Some(1002)
+    );
+}
+
+#[tokio::test]
+async fn a_writer_that_makes_no_progress_counts_as_idle() {
+    // The backend answers the upgrade and then never reads again.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let (_, head) = read_head_server(&mut tcp).await;
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, &good_101(&head))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(tcp);
+    });
+    let sluice = Sluice::to(backend_addr, "idle_timeout = \"500ms\"", "").await;
+    let client = raw_ws(sluice.plain_addr, "/").await;
+    let (mut rd, mut wr) = client.into_split();
+    let started = std::time::Instant::now();
+    // Push frames until the backend's and sluice's buffers are full; the
+    // writes toward the backend stop making progress.
+    let writer = tokio::spawn(async move {
+        let frame = frame_bytes(true, 0, 2, Some(KEY), &vec![0u8; 256 * 1024]);
+        while wr.write_all(&frame).await.is_ok() {}
+    });
+    let close = read_frame(&mut rd).await.expect("a close frame");
+    assert_eq!(close.close_code(), Some(1001));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    writer.abort();
+}
+
+/// Reads a request head as a server would.
+async fn read_head_server(tcp: &mut TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut b).await.unwrap();
+        buf.push(b[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    (head.lines().next().unwrap().to_owned(), head)
+}
