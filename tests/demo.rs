@@ -70,8 +70,12 @@ async fn tls() -> tokio_rustls::client::TlsStream<TcpStream> {
         .unwrap()
 }
 
+/// Both tests use the demo's fixed port; they take turns.
+static DEMO_PORT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn demo_serves_the_page_and_echoes_over_wss() {
+    let _port = DEMO_PORT.lock().await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("demo")
         .stdout(Stdio::piped())
@@ -106,4 +110,101 @@ async fn demo_serves_the_page_and_echoes_over_wss() {
     assert_eq!(echo, Message::Text("hello demo".into()));
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A real browser: headless Chromium loads the demo page through sluice, and
+/// the page's script opens a WebSocket, sends, and shows the echo. Once with
+/// HTTP/2 (the WebSocket goes over RFC 8441 extended CONNECT) and once with
+/// HTTP/1.1 (a classic upgrade); sluice's access log shows which.
+#[tokio::test]
+async fn browser_page_echoes_over_h2_and_http1() {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install chromium (.ci/run does)"
+        );
+        eprintln!("chromium not installed: skipping the browser test");
+        return;
+    };
+    let _port = DEMO_PORT.lock().await;
+    for (mode, extra, expect_log) in [
+        (
+            "h2",
+            None,
+            "method=CONNECT path=\"/ws\" version=HTTP/2.0 status=200",
+        ),
+        (
+            "http/1.1",
+            Some("--disable-http2"),
+            "method=GET path=\"/ws\" version=HTTP/1.1 status=101",
+        ),
+    ] {
+        let mut demo = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("demo")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(demo.stdout.take().unwrap()).lines();
+        out.next().expect("demo printed nothing").unwrap();
+        let profile = std::env::temp_dir()
+            .join(format!("sluice-chromium-{}-{mode}", std::process::id()).replace('/', "_"));
+        let mut cmd = Command::new(chromium);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+            "--disable-quic",
+            "--ignore-certificate-errors",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()));
+        if let Some(flag) = extra {
+            cmd.arg(flag);
+        }
+        let dom = tokio::task::spawn_blocking(move || {
+            cmd.arg("https://127.0.0.1:8443/").output().unwrap()
+        })
+        .await
+        .unwrap();
+        let _ = demo.kill();
+        let _ = demo.wait();
+        let mut log = String::new();
+        use std::io::Read;
+        demo.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        let dom = String::from_utf8_lossy(&dom.stdout);
+        // What the page's script logged, in order.
+        let shown = dom
+            .split("<div id=\"log\">")
+            .nth(1)
+            .and_then(|rest| rest.split("</div>").next())
+            .unwrap_or_default();
+        assert_eq!(
+            shown, "open\necho: hello from the browser\n",
+            "{mode}: {dom}"
+        );
+        assert!(
+            log.contains(expect_log),
+            "{mode}: expected {expect_log:?} in sluice's log:\n{log}"
+        );
+        let _ = std::fs::remove_dir_all(profile);
+    }
 }
