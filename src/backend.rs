@@ -105,7 +105,12 @@ impl tower_service::Service<Uri> for Connector {
 }
 
 /// Pooled keep-alive client for plain HTTP requests.
-pub type HttpClient = hyper_util::client::legacy::Client<Connector, hyper::body::Incoming>;
+pub type HttpClient = hyper_util::client::legacy::Client<Connector, RequestBody>;
+
+/// The client's body on a first attempt; empty on a retry (only bodiless
+/// idempotent requests are retried).
+pub type RequestBody =
+    http_body_util::Either<hyper::body::Incoming, http_body_util::Empty<bytes::Bytes>>;
 
 pub fn http_client(tls: Arc<ClientConfig>) -> HttpClient {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())

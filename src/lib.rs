@@ -36,6 +36,7 @@ pub mod frame;
 pub mod headers;
 pub mod metrics;
 pub mod policy;
+pub mod pool;
 pub mod proxy;
 pub mod relay;
 pub mod route;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
@@ -61,6 +61,8 @@ pub enum ProxyError {
     Backend(#[from] BackendError),
     #[error("backend timed out")]
     BackendTimeout,
+    #[error("no healthy backend")]
+    NoHealthyBackend,
     #[error("backend handshake invalid: {0}")]
     BadBackendHandshake(&'static str),
 }
@@ -88,6 +90,7 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::Backend(_) | ProxyError::BadBackendHandshake(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -102,7 +105,8 @@ impl ProxyError {
             | ProxyError::TooManyConnections => Fault::Client,
             ProxyError::Backend(_)
             | ProxyError::BackendTimeout
-            | ProxyError::BadBackendHandshake(_) => Fault::Backend,
+            | ProxyError::BadBackendHandshake(_)
+            | ProxyError::NoHealthyBackend => Fault::Backend,
         }
     }
 
@@ -118,6 +122,7 @@ impl ProxyError {
             ProxyError::TooManyConnections => "connections_per_ip",
             ProxyError::Backend(BackendError::TimedOut) | ProxyError::BackendTimeout => "timeout",
             ProxyError::Backend(_) | ProxyError::BadBackendHandshake(_) => "backend_error",
+            ProxyError::NoHealthyBackend => "no_healthy_backend",
         }
     }
 
@@ -271,8 +276,11 @@ async fn forward(
     host: Option<&str>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    let backend = picked.backend();
     let (mut parts, body) = req.into_parts();
+    // Safe to send again to another backend only if the method is idempotent
+    // and there is no body that the first attempt could have consumed.
+    let retryable = parts.method.is_idempotent() && hyper::body::Body::is_end_stream(&body);
+    let mut body = Some(body);
     // Upgrade tokens other than websocket (h2c and others) are hop-by-hop and
     // go with the rest: the request continues as plain HTTP (contract).
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -285,26 +293,60 @@ async fn forward(
     if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
         parts.headers.insert(header::HOST, h);
     }
-    let scheme = if backend.tls { "https" } else { "http" };
     let pq = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    parts.uri = Uri::try_from(format!("{scheme}://{}{pq}", backend.authority()))
-        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
     // Backends speak HTTP/1.1 whatever the client spoke.
     parts.version = Version::HTTP_11;
-    let req = Request::from_parts(parts, body);
 
-    let timeout = ctx.snapshot.config.server.handshake_timeout;
-    let mut resp = match tokio::time::timeout(timeout, ctx.shared.http.request(req)).await {
-        Err(_) => return Err(ProxyError::BackendTimeout),
-        Ok(Err(e)) => return Err(classify_client_error(e)),
-        Ok(Ok(resp)) => resp,
-    };
-    headers::strip_hop_by_hop(resp.headers_mut());
-    Ok(resp.map(Either::Left))
+    let deadline = tokio::time::Instant::now() + ctx.snapshot.config.server.handshake_timeout;
+    let mut tried = Vec::new();
+    let mut last = None;
+    loop {
+        let lease = match picked.pool.pick(&tried) {
+            Ok(lease) => lease,
+            Err(crate::pool::NoBackend::AllUnhealthy) if last.is_none() => {
+                return Err(ProxyError::NoHealthyBackend)
+            }
+            Err(_) => return Err(last.expect("a backend was tried")),
+        };
+        let backend = lease.backend();
+        let scheme = if backend.tls { "https" } else { "http" };
+        let mut attempt = http::request::Builder::new()
+            .method(parts.method.clone())
+            .version(parts.version)
+            .uri(format!("{scheme}://{}{pq}", backend.authority()));
+        if let Some(h) = attempt.headers_mut() {
+            *h = parts.headers.clone();
+        }
+        let req_body = match body.take() {
+            Some(b) => Either::Left(b),
+            None => Either::Right(http_body_util::Empty::new()),
+        };
+        let req = attempt
+            .body(req_body)
+            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+        let result = tokio::time::timeout_at(deadline, ctx.shared.http.request(req)).await;
+        match result {
+            Err(_) => return Err(ProxyError::BackendTimeout),
+            Ok(Ok(mut resp)) => {
+                headers::strip_hop_by_hop(resp.headers_mut());
+                return Ok(resp.map(Either::Left));
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                lease.connect_failed();
+                tried.push(lease.index());
+                let e = classify_client_error(e);
+                if !retryable {
+                    return Err(e);
+                }
+                last = Some(e);
+            }
+            Ok(Err(e)) => return Err(classify_client_error(e)),
+        }
+    }
 }
 
 fn classify_client_error(e: hyper_util::client::legacy::Error) -> ProxyError {

@@ -1,10 +1,10 @@
 //! Picking a route for a request: the first `[[route]]` whose host and path
 //! prefix match wins (contract). Pure apart from the round-robin cursor.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::{Backend, Config, Route};
+use crate::config::{Config, Route};
+use crate::pool::Pool;
 
 /// The routes of one config snapshot, in file order.
 #[derive(Debug)]
@@ -17,7 +17,7 @@ struct RouteEntry {
     route: Arc<Route>,
     index: usize,
     label: String,
-    next: AtomicUsize,
+    pool: Arc<Pool>,
 }
 
 /// A matched route: its position in the file (for logs and metrics) and its
@@ -28,19 +28,16 @@ pub struct Picked<'a> {
     /// `host/path` as written in the config (`*` for any host): the metrics label.
     pub label: &'a str,
     pub route: &'a Arc<Route>,
-    next: &'a AtomicUsize,
-}
-
-impl Picked<'_> {
-    /// Round robin over the route's backends.
-    pub fn backend(&self) -> &Backend {
-        let backends = &self.route.backends;
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        &backends[n % backends.len()]
-    }
+    /// The route's backends, balanced and health-checked.
+    pub pool: &'a Arc<Pool>,
 }
 
 impl Router {
+    /// Every route's pool, for starting health checks.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.routes.iter().map(|e| &e.pool)
+    }
+
     pub fn build(config: &Config) -> Router {
         let routes = config
             .routes
@@ -48,9 +45,9 @@ impl Router {
             .enumerate()
             .map(|(index, route)| RouteEntry {
                 label: label(route),
+                pool: Arc::new(Pool::new(route)),
                 route: Arc::new(route.clone()),
                 index,
-                next: AtomicUsize::new(0),
             })
             .collect();
         Router { routes }
@@ -72,7 +69,7 @@ impl Router {
                 index: e.index,
                 label: &e.label,
                 route: &e.route,
-                next: &e.next,
+                pool: &e.pool,
             })
     }
 }
@@ -149,7 +146,9 @@ backends = ["127.0.0.1:9004"]
     fn round_robin_over_backends() {
         let r = router(TWO_ROUTES);
         let p = r.pick(Some("chat.example.com"), "/ws").unwrap();
-        let ports: Vec<u16> = (0..4).map(|_| p.backend().port).collect();
+        let ports: Vec<u16> = (0..4)
+            .map(|_| p.pool.pick(&[]).unwrap().backend().port)
+            .collect();
         assert_eq!(ports, [9001, 9002, 9001, 9002]);
     }
 

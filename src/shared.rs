@@ -36,6 +36,14 @@ impl std::fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
+    /// Starts the active health checks of every route that has them; they
+    /// stop by themselves once this snapshot is gone.
+    pub fn start_health_checks(&self, tls: &Arc<ClientConfig>) {
+        for pool in self.router.pools() {
+            crate::pool::Pool::spawn_checks(pool, tls.clone());
+        }
+    }
+
     /// Builds a snapshot, loading certificates. Same path for `check`, `run`
     /// and reload, so they cannot disagree.
     pub fn build(config: Config) -> Result<Snapshot, ConfigError> {
@@ -82,6 +90,7 @@ impl Shared {
     }
 
     pub fn with_backend_tls(snapshot: Snapshot, backend_tls: Arc<ClientConfig>) -> Arc<Shared> {
+        snapshot.start_health_checks(&backend_tls);
         Arc::new(Shared {
             current: ArcSwap::from_pointee(snapshot),
             http: backend::http_client(backend_tls.clone()),
@@ -99,6 +108,7 @@ impl Shared {
     }
 
     pub fn replace(&self, snapshot: Snapshot) {
+        snapshot.start_health_checks(&self.backend_tls);
         self.current.store(Arc::new(snapshot));
     }
 

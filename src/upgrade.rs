@@ -127,7 +127,6 @@ async fn handshake(
 
     // The request toward the backend: the client's end-to-end headers
     // (subprotocols, extensions, cookies, authorization) plus our own.
-    let backend = picked.backend().clone();
     let backend_key = match &key {
         Some(k) => k.clone(),
         None => {
@@ -181,24 +180,24 @@ async fn handshake(
         })
         .clone();
     let exchange = async {
-        let connect_started = std::time::Instant::now();
-        let stream = backend::connect(&backend, &tls).await?;
-        connect_histogram.observe(connect_started.elapsed().as_secs_f64());
+        // A backend that refuses the connection is ejected and the next one
+        // tried; nothing has been sent yet, so this is always safe.
+        let (lease, stream) = connect_with_retry(picked.pool, &tls, &connect_histogram).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|_| BackendError::Protocol("HTTP handshake failed"))?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
-        sender
+        let resp = sender
             .send_request(out)
             .await
-            .map_err(|_| BackendError::Protocol("no valid response to the upgrade request"))
+            .map_err(|_| BackendError::Protocol("no valid response to the upgrade request"))?;
+        Ok::<_, ProxyError>((lease, resp))
     };
-    let mut resp = match tokio::time::timeout(timeout, exchange).await {
+    let (lease, mut resp) = match tokio::time::timeout(timeout, exchange).await {
         Err(_) => return Err(ProxyError::BackendTimeout),
-        Ok(Err(e)) => return Err(ProxyError::Backend(e)),
-        Ok(Ok(resp)) => resp,
+        Ok(result) => result?,
     };
 
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -235,7 +234,7 @@ async fn handshake(
     let log = TunnelLog {
         peer: ctx.conn.peer,
         route: picked.label.to_owned(),
-        backend: backend.authority(),
+        backend: lease.backend().authority(),
     };
     // Spawned before the 101 is returned: hyper completes the client upgrade
     // only after the response has been written.
@@ -259,6 +258,7 @@ async fn handshake(
         open.dec();
         drop(guard);
         log.record(&report, &shared.metrics);
+        drop(lease);
         drop(tracked);
     });
 
@@ -573,6 +573,39 @@ impl TunnelLog {
         duration_ms = report.duration.as_millis() as u64,
         "tunnel closed"
         );
+    }
+}
+
+/// Connects to the pool's backends in balance order until one accepts.
+/// Each refusal ejects that backend; when all refuse, the last error stands.
+pub async fn connect_with_retry(
+    pool: &std::sync::Arc<crate::pool::Pool>,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    histogram: &prometheus_client::metrics::histogram::Histogram,
+) -> Result<(crate::pool::Lease, BackendStream), ProxyError> {
+    let mut tried = Vec::new();
+    let mut last = None;
+    loop {
+        let lease = match pool.pick(&tried) {
+            Ok(lease) => lease,
+            Err(crate::pool::NoBackend::AllUnhealthy) if last.is_none() => {
+                return Err(ProxyError::NoHealthyBackend)
+            }
+            Err(_) => return Err(ProxyError::Backend(last.expect("a backend was tried"))),
+        };
+        let started = std::time::Instant::now();
+        match backend::connect(lease.backend(), tls).await {
+            Ok(stream) => {
+                histogram.observe(started.elapsed().as_secs_f64());
+                return Ok((lease, stream));
+            }
+            Err(e @ (BackendError::Refused(_) | BackendError::TimedOut)) => {
+                lease.connect_failed();
+                tried.push(lease.index());
+                last = Some(e);
+            }
+            Err(e) => return Err(ProxyError::Backend(e)),
+        }
     }
 }
 

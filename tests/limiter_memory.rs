@@ -84,6 +84,29 @@ fn a_scan_from_a_million_addresses_stays_bounded_and_is_evicted() {
         }
     );
 
+    // 0. A slow quota (1/s, burst 1): no key is stale before 2 s, so the
+    //    map holds (nearly) every key of the flood. That gives the bytes per
+    //    key (the map keeps its peak capacity, so RSS / peak len), and the
+    //    cost of the soft cap's sweeps when they find little to drop.
+    //    Half the keys: those sweeps make this phase quadratic.
+    let rss_before = rss_bytes();
+    let limiter = HandshakeLimiter::new(1, 1);
+    let f = flood(&limiter, n / 2);
+    let growth = rss_bytes().saturating_sub(rss_before);
+    let held = limiter.len();
+    println!(
+        "slow 1/s burst 1: {} checks in {:?} ({:.0} ns/check); len() after = {held}, \
+         peak len() = {}; RSS +{} KiB = {:.1} bytes per peak key",
+        n / 2,
+        f.elapsed,
+        f.elapsed.as_nanos() as f64 / f64::from(n / 2),
+        f.peak,
+        growth / 1024,
+        growth as f64 / f.peak.max(1) as f64,
+    );
+    assert_eq!(f.rejected, 0, "a fresh key must never be rejected");
+    drop(limiter);
+
     // 1. The default quota (20/s, burst 40). A key that made one handshake
     //    is indistinguishable from a fresh one 2/rate = 100 ms later, so
     //    what the map holds depends on how many keys the loop inserts per

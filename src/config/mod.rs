@@ -86,8 +86,32 @@ pub struct Route {
     pub path: String,
     /// Never empty.
     pub backends: Vec<Backend>,
+    pub balance: Balance,
+    /// Active health checks; `None` = only passive ejection on connect failures.
+    pub health_check: Option<HealthCheck>,
     pub websocket: WebSocketPolicy,
     pub limits: Limits,
+}
+
+/// How a route spreads new connections over its healthy backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    /// Fewest open tunnels plus in-flight requests.
+    LeastConnections,
+}
+
+/// Active health checking of a route's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// `GET path` must answer 2xx/3xx; `None` = a TCP connect is enough.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that mark a backend unhealthy.
+    pub unhealthy_after: u32,
+    /// Consecutive successes that mark it healthy again.
+    pub healthy_after: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -650,10 +674,51 @@ impl Source<'_> {
             Some(l) => self.limits(l, limits, &format!("{prefix}.limits"))?,
             None => limits.clone(),
         };
+        let balance = match &raw.balance {
+            None => Balance::RoundRobin,
+            Some(b) => match b.get_ref().as_str() {
+                "round_robin" => Balance::RoundRobin,
+                "least_connections" => Balance::LeastConnections,
+                other => {
+                    return Err(self.err_at(
+                        b,
+                        format!("{prefix}.balance"),
+                        format!(
+                            "expected \"round_robin\" or \"least_connections\", found {other:?}"
+                        ),
+                    ))
+                }
+            },
+        };
+        let health_check = match &raw.health_check {
+            None => None,
+            Some(h) => {
+                let path = match &h.path {
+                    None => None,
+                    Some(p) if p.get_ref().starts_with('/') => Some(p.get_ref().clone()),
+                    Some(p) => {
+                        return Err(self.err_at(
+                            p,
+                            format!("{prefix}.health_check.path"),
+                            format!("must start with '/', found {:?}", p.get_ref()),
+                        ))
+                    }
+                };
+                Some(HealthCheck {
+                    path,
+                    interval: h.interval.map_or(Duration::from_secs(5), |d| d.0),
+                    timeout: h.timeout.map_or(Duration::from_secs(1), |d| d.0),
+                    unhealthy_after: h.unhealthy_after.map_or(3, |c| c.0),
+                    healthy_after: h.healthy_after.map_or(2, |c| c.0),
+                })
+            }
+        };
         Ok(Route {
             host,
             path,
             backends,
+            balance,
+            health_check,
             websocket,
             limits,
         })

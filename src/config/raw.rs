@@ -90,8 +90,21 @@ pub struct RawRoute {
     pub host: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
     pub backends: SpannedList,
+    pub balance: Option<Spanned<String>>,
+    pub health_check: Option<RawHealthCheck>,
     pub websocket: Option<RawWebSocket>,
     pub limits: Option<RawLimits>,
+}
+
+/// `health_check = { path = "/healthz", interval = "5s", ... }` on a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<HumanDuration>,
+    pub timeout: Option<HumanDuration>,
+    pub unhealthy_after: Option<Count>,
+    pub healthy_after: Option<Count>,
 }
 
 /// A duration written with its unit. A bare number is refused because

@@ -129,6 +129,16 @@ impl Sluice {
         .await
     }
 
+    /// One route over several backends with `extra` route keys.
+    pub async fn to_many(backends: &[SocketAddr], extra: &str) -> Sluice {
+        let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+        Sluice::start(
+            "",
+            &format!("[[route]]\nbackends = [{}]\n{extra}\n", list.join(", ")),
+        )
+        .await
+    }
+
     pub fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.plain_addr)
     }

@@ -1,0 +1,321 @@
+//! A route's backends as a pool: balancing (round robin or least
+//! connections), health (active checks and passive ejection on connect
+//! failures) and leases that count a backend's open tunnels and in-flight
+//! requests.
+//!
+//! Health rules:
+//! * A connect failure ejects the backend for [`EJECT_FOR`] (passive).
+//! * With `health_check` configured, `unhealthy_after` consecutive failed
+//!   checks mark it unhealthy and `healthy_after` consecutive passes mark it
+//!   healthy again (which also ends a passive ejection).
+//! * New connections go only to usable backends. When none is usable because
+//!   of passive ejections alone, sluice still tries them (fail open: a refused
+//!   connection is the contract's 502). Only when active checks have marked
+//!   every untried backend unhealthy is the answer 503.
+//! * Existing tunnels are never touched by health changes.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::{Backend, Balance, HealthCheck, Route};
+
+/// How long a backend that refused a connection gets no new ones.
+pub const EJECT_FOR: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct Member {
+    backend: Backend,
+    /// Open tunnels plus in-flight requests.
+    active: AtomicUsize,
+    /// Set by active checks only.
+    healthy: AtomicBool,
+    fails: AtomicU32,
+    passes: AtomicU32,
+    /// Passive ejection: milliseconds since the pool's `start`.
+    ejected_until: AtomicU64,
+}
+
+/// The backends of one route in one config snapshot.
+#[derive(Debug)]
+pub struct Pool {
+    members: Vec<Member>,
+    balance: Balance,
+    health: Option<HealthCheck>,
+    next: AtomicUsize,
+    start: Instant,
+}
+
+/// Why no backend could be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoBackend {
+    /// Every backend was tried already for this request.
+    AllTried,
+    /// Active health checks marked every untried backend unhealthy.
+    AllUnhealthy,
+}
+
+/// One use of a backend; counts toward least-connections until dropped.
+#[derive(Debug)]
+pub struct Lease {
+    pool: Arc<Pool>,
+    index: usize,
+}
+
+impl Lease {
+    pub fn backend(&self) -> &Backend {
+        &self.pool.members[self.index].backend
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The backend refused or timed out a connection: eject it for a while.
+    pub fn connect_failed(&self) {
+        let m = &self.pool.members[self.index];
+        let until = self.pool.now_ms() + EJECT_FOR.as_millis() as u64;
+        m.ejected_until.store(until, Ordering::Relaxed);
+        tracing::warn!(backend = %m.backend.authority(), eject_ms = EJECT_FOR.as_millis() as u64, "backend ejected after a failed connect");
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.members[self.index]
+            .active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Pool {
+    pub fn new(route: &Route) -> Pool {
+        Pool {
+            members: route
+                .backends
+                .iter()
+                .map(|b| Member {
+                    backend: b.clone(),
+                    active: AtomicUsize::new(0),
+                    healthy: AtomicBool::new(true),
+                    fails: AtomicU32::new(0),
+                    passes: AtomicU32::new(0),
+                    ejected_until: AtomicU64::new(0),
+                })
+                .collect(),
+            balance: route.balance,
+            health: route.health_check.clone(),
+            next: AtomicUsize::new(0),
+            start: Instant::now(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Picks a backend not in `tried`, preferring usable ones.
+    pub fn pick(self: &Arc<Self>, tried: &[usize]) -> Result<Lease, NoBackend> {
+        let now = self.now_ms();
+        let untried = || (0..self.members.len()).filter(|i| !tried.contains(i));
+        let healthy = |i: &usize| self.members[*i].healthy.load(Ordering::Relaxed);
+        let usable =
+            |i: &usize| healthy(i) && self.members[*i].ejected_until.load(Ordering::Relaxed) <= now;
+        let index = self
+            .choose(untried().filter(usable))
+            .or_else(|| self.choose(untried().filter(healthy)))
+            .ok_or(if untried().next().is_none() {
+                NoBackend::AllTried
+            } else {
+                NoBackend::AllUnhealthy
+            })?;
+        self.members[index].active.fetch_add(1, Ordering::Relaxed);
+        Ok(Lease {
+            pool: self.clone(),
+            index,
+        })
+    }
+
+    fn choose(&self, candidates: impl Iterator<Item = usize>) -> Option<usize> {
+        let candidates: Vec<usize> = candidates.collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        match self.balance {
+            Balance::RoundRobin => {
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                Some(candidates[n % candidates.len()])
+            }
+            Balance::LeastConnections => {
+                // Ties go round robin so equal backends share the load.
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                let min = candidates
+                    .iter()
+                    .map(|i| self.members[*i].active.load(Ordering::Relaxed))
+                    .min()?;
+                let tied: Vec<usize> = candidates
+                    .into_iter()
+                    .filter(|i| self.members[*i].active.load(Ordering::Relaxed) == min)
+                    .collect();
+                Some(tied[n % tied.len()])
+            }
+        }
+    }
+
+    /// True if active checks currently consider backend `i` healthy.
+    pub fn is_healthy(&self, i: usize) -> bool {
+        self.members[i].healthy.load(Ordering::Relaxed)
+    }
+
+    fn record_check(&self, i: usize, ok: bool, check: &HealthCheck) {
+        let m = &self.members[i];
+        if ok {
+            m.fails.store(0, Ordering::Relaxed);
+            let passes = m.passes.fetch_add(1, Ordering::Relaxed) + 1;
+            if passes >= check.healthy_after {
+                m.ejected_until.store(0, Ordering::Relaxed);
+                if !m.healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!(backend = %m.backend.authority(), "backend healthy again");
+                }
+            }
+        } else {
+            m.passes.store(0, Ordering::Relaxed);
+            let fails = m.fails.fetch_add(1, Ordering::Relaxed) + 1;
+            if fails >= check.unhealthy_after && m.healthy.swap(false, Ordering::Relaxed) {
+                tracing::warn!(backend = %m.backend.authority(), fails, "backend unhealthy");
+            }
+        }
+    }
+
+    /// Runs active checks until the pool is dropped (its snapshot replaced
+    /// and its last connection gone).
+    pub fn spawn_checks(pool: &Arc<Pool>, tls: Arc<rustls::ClientConfig>) {
+        let Some(check) = pool.health.clone() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let weak: Weak<Pool> = Arc::downgrade(pool);
+        tokio::spawn(async move {
+            let interval = check.interval.max(Duration::from_millis(50));
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(pool) = weak.upgrade() else { return };
+                for i in 0..pool.members.len() {
+                    let backend = &pool.members[i].backend;
+                    let ok = tokio::time::timeout(
+                        check.timeout,
+                        probe(backend, check.path.as_deref(), &tls),
+                    )
+                    .await
+                    .unwrap_or(false);
+                    pool.record_check(i, ok, &check);
+                }
+            }
+        });
+    }
+}
+
+/// One health probe: a TCP (or TLS) connect, and with a path a `GET` that
+/// must answer 2xx or 3xx.
+async fn probe(backend: &Backend, path: Option<&str>, tls: &Arc<rustls::ClientConfig>) -> bool {
+    let Ok(mut stream) = crate::backend::connect(backend, tls).await else {
+        return false;
+    };
+    let Some(path) = path else {
+        return true;
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: sluice-health-check\r\nConnection: close\r\n\r\n",
+        backend.authority()
+    );
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut head = [0u8; 16];
+    let mut n = 0;
+    while n < 12 {
+        match stream.read(&mut head[n..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(k) => n += k,
+        }
+    }
+    // "HTTP/1.1 200 "
+    matches!(head.get(9), Some(b'2' | b'3'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn pool(extra: &str) -> Arc<Pool> {
+        let toml = format!(
+            "[server]\nlisten_plain = [\"127.0.0.1:0\"]\n[[route]]\nbackends = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n{extra}"
+        );
+        Arc::new(Pool::new(
+            &Config::parse(&toml, Path::new("t.toml")).unwrap().routes[0],
+        ))
+    }
+
+    #[test]
+    fn round_robin_skips_ejected_and_tried() {
+        let p = pool("");
+        let ports: Vec<u16> = (0..3)
+            .map(|_| p.pick(&[]).unwrap().backend().port)
+            .collect();
+        assert_eq!(ports, [1, 2, 3]);
+        p.pick(&[]).unwrap().connect_failed(); // port 1 ejected
+        let ports: Vec<u16> = (0..4)
+            .map(|_| p.pick(&[]).unwrap().backend().port)
+            .collect();
+        assert!(!ports.contains(&1), "{ports:?}");
+        assert_eq!(
+            p.pick(&[1, 2]).unwrap().backend().port,
+            1,
+            "ejected is still tried when nothing else is left"
+        );
+        assert_eq!(p.pick(&[0, 1, 2]).unwrap_err(), NoBackend::AllTried);
+    }
+
+    #[test]
+    fn least_connections_prefers_the_idle_backend() {
+        let p = pool("balance = \"least_connections\"");
+        let a = p.pick(&[]).unwrap();
+        let b = p.pick(&[]).unwrap();
+        assert_ne!(a.index(), b.index());
+        let c = p.pick(&[]).unwrap();
+        let all = [a.index(), b.index(), c.index()];
+        assert!(all.contains(&0) && all.contains(&1) && all.contains(&2));
+        let freed = b.index();
+        drop(b);
+        assert_eq!(p.pick(&[]).unwrap().index(), freed);
+    }
+
+    #[test]
+    fn active_checks_mark_unhealthy_and_back() {
+        let p = pool("health_check = { unhealthy_after = 2, healthy_after = 1 }");
+        let check = p.health.clone().unwrap();
+        for i in 0..3 {
+            p.record_check(i, false, &check);
+            assert!(p.is_healthy(i));
+            p.record_check(i, false, &check);
+            assert!(!p.is_healthy(i));
+        }
+        assert_eq!(p.pick(&[]).unwrap_err(), NoBackend::AllUnhealthy);
+        p.record_check(2, true, &check);
+        assert_eq!(p.pick(&[]).unwrap().backend().port, 3);
+    }
+}
