@@ -1,134 +1,298 @@
-//! A small WebSocket load tool for benchmarking sluice against a baseline in
-//! the same run (see bench/relay.sh):
+//! A small WebSocket load tool for benchmarking sluice against baselines and
+//! peer proxies in the same run (see bench/relay.sh and bench/compare.sh).
 //!
-//! * `wsbench echo LISTEN`: a fast WebSocket echo backend (one thread).
+//! * `wsbench echo LISTEN [--cert PEM --key PEM]`: a fast WebSocket echo
+//!   backend (one thread); with a certificate it serves wss (TLS) instead.
 //! * `wsbench copy LISTEN TARGET`: a plain TCP byte-copy proxy (one thread),
 //!   the "relay with frame policy off" baseline.
-//! * `wsbench load TARGET CONNS SIZE SECS [PID] [RATE]`: CONNS tunnels each
+//! * `wsbench load TARGET CONNS SIZE SECS [PIDS] [RATE]`: CONNS tunnels each
 //!   doing SIZE-byte round trips for SECS seconds (closed loop, or paced to
 //!   RATE messages/s in total); prints one line of `key=value` figures. With
-//!   PID, also the CPU microseconds that process used per round trip.
+//!   PIDS, also the CPU those processes used per round trip (and per MiB).
+//! * `wsbench handshakes TARGET CONCURRENCY SECS [PIDS]`: CONCURRENCY
+//!   workers each opening a connection, upgrading it, closing it (Close frame,
+//!   then TCP/TLS close) and starting again; prints handshakes per second and
+//!   the CPU of PIDS per handshake.
+//! * `wsbench idle TARGET N PIDS`: opens N idle tunnels, prints the RSS growth
+//!   of PIDS per tunnel, then checks that every tunnel still echoes.
+//!
+//! TARGET is `HOST:PORT` or `ws://HOST:PORT` (cleartext) or `wss://HOST:PORT`
+//! (TLS; needs `--ca PEM`, the certificate the server presents, which is put
+//! in the root store, so a self-signed certificate is accepted and still
+//! verified). HOST must be an IP address; it is also the name verified.
+//! `--resume` lets the TLS client resume sessions (rustls's default in-memory
+//! cache); without it every TLS connection is a full handshake.
+//! PIDS is `PID[,PID...]` (0 = none): figures are summed over the processes,
+//! e.g. an nginx master and its worker.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::client::Resumption;
+use rustls::crypto::ring;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sluice::frame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Conn = Box<dyn Io>;
+
+/// Where to connect: an address, and the TLS client config for wss.
+#[derive(Clone)]
+struct Target {
+    addr: SocketAddr,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+struct Opts {
+    pos: Vec<String>,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    resume: bool,
+}
+
+fn parse_opts() -> Opts {
+    let mut o = Opts {
+        pos: Vec::new(),
+        ca: None,
+        cert: None,
+        key: None,
+        resume: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--ca" => o.ca = it.next(),
+            "--cert" => o.cert = it.next(),
+            "--key" => o.key = it.next(),
+            "--resume" => o.resume = true,
+            _ => o.pos.push(a),
+        }
+    }
+    o
+}
+
+fn target(s: &str, o: &Opts) -> Target {
+    let (tls, hostport) = if let Some(r) = s.strip_prefix("wss://") {
+        (true, r)
+    } else {
+        (false, s.strip_prefix("ws://").unwrap_or(s))
+    };
+    let addr: SocketAddr = hostport
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|e| panic!("target {s:?}: {e} (use IP:PORT)"));
+    let tls = tls.then(|| {
+        let ca = o.ca.as_ref().expect("wss:// needs --ca PEM");
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).expect("read --ca") {
+            roots.add(c.expect("parse --ca")).expect("add --ca to roots");
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if !o.resume {
+            cfg.resumption = Resumption::disabled();
+        }
+        (
+            TlsConnector::from(Arc::new(cfg)),
+            ServerName::IpAddress(addr.ip().into()),
+        )
+    });
+    Target { addr, tls }
+}
+
+fn pids(s: Option<&String>) -> Vec<u32> {
+    s.map(|s| {
+        s.split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .filter(|p| *p != 0)
+            .collect()
+    })
+    .unwrap_or_default()
+}
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let o = parse_opts();
+    let a = &o.pos;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    match args.first().map(String::as_str) {
-        Some("echo") => rt.block_on(echo(args[1].parse().unwrap())),
-        Some("copy") => rt.block_on(copy(args[1].parse().unwrap(), args[2].parse().unwrap())),
-        Some("load") => {
-            let pid = args.get(5).and_then(|p| p.parse().ok()).filter(|p| *p != 0);
-            let rate = args.get(6).and_then(|r| r.parse().ok());
-            rt.block_on(load(
-                args[1].parse().unwrap(),
-                args[2].parse().unwrap(),
-                args[3].parse().unwrap(),
-                args[4].parse().unwrap(),
-                pid,
-                rate,
-            ))
-        }
-        Some("idle") => rt.block_on(idle(
-            args[1].parse().unwrap(),
-            args[2].parse().unwrap(),
-            args[3].parse().unwrap(),
+    match a.first().map(String::as_str) {
+        Some("echo") => rt.block_on(echo(a[1].parse().unwrap(), &o)),
+        Some("copy") => rt.block_on(copy(a[1].parse().unwrap(), a[2].parse().unwrap())),
+        Some("load") => rt.block_on(load(
+            target(&a[1], &o),
+            a[2].parse().unwrap(),
+            a[3].parse().unwrap(),
+            a[4].parse().unwrap(),
+            pids(a.get(5)),
+            a.get(6).and_then(|r| r.parse().ok()).filter(|r| *r != 0),
         )),
-        _ => eprintln!(
-            "usage: wsbench echo LISTEN | copy LISTEN TARGET | load TARGET CONNS SIZE SECS [PID] [RATE] | idle TARGET N PID"
-        ),
+        Some("handshakes") => rt.block_on(handshakes(
+            target(&a[1], &o),
+            a[2].parse().unwrap(),
+            a[3].parse().unwrap(),
+            pids(a.get(4)),
+        )),
+        Some("idle") => rt.block_on(idle(
+            target(&a[1], &o),
+            a[2].parse().unwrap(),
+            pids(a.get(3)),
+        )),
+        _ => {
+            eprintln!(
+                "usage: wsbench echo LISTEN [--cert PEM --key PEM] | copy LISTEN TARGET\n\
+                 \x20      | load TARGET CONNS SIZE SECS [PIDS] [RATE]\n\
+                 \x20      | handshakes TARGET CONCURRENCY SECS [PIDS]\n\
+                 \x20      | idle TARGET N PIDS\n\
+                 TARGET: IP:PORT | ws://IP:PORT | wss://IP:PORT (with --ca PEM [--resume]); PIDS: PID[,PID...]"
+            );
+            std::process::exit(2);
+        }
     }
 }
 
-async fn read_head(s: &mut TcpStream) -> std::io::Result<String> {
-    let mut buf = Vec::with_capacity(512);
-    let mut b = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if s.read(&mut b).await? == 0 {
+/// Reads an HTTP head (through the blank line) in chunks; returns it and any
+/// bytes that followed it in the same reads.
+async fn read_head<S: AsyncRead + Unpin + ?Sized>(
+    s: &mut S,
+) -> std::io::Result<(String, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            return Ok((String::from_utf8_lossy(&buf).into_owned(), rest));
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(std::io::Error::other("head too large"));
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        buf.push(b[0]);
+        buf.extend_from_slice(&chunk[..n]);
     }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-async fn echo(listen: SocketAddr) {
+async fn echo(listen: SocketAddr, o: &Opts) {
+    let acceptor = o.cert.as_ref().map(|cert| {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .expect("read --cert")
+            .collect::<Result<_, _>>()
+            .expect("parse --cert");
+        let key = PrivateKeyDer::from_pem_file(o.key.as_ref().expect("--cert needs --key"))
+            .expect("read --key");
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("certificate and key");
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        TlsAcceptor::from(Arc::new(cfg))
+    });
     let listener = TcpListener::bind(listen).await.unwrap();
     loop {
-        let (mut s, _) = listener.accept().await.unwrap();
+        let Ok((s, _)) = listener.accept().await else {
+            // EMFILE and friends: back off instead of spinning or dying.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
         let _ = s.set_nodelay(true);
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let Ok(head) = read_head(&mut s).await else {
-                return;
-            };
-            let key = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .starts_with("sec-websocket-key:")
-                        .then(|| l[18..].trim().to_owned())
-                })
-                .unwrap_or_default();
-            let resp = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                sluice::upgrade::accept_key(key.as_bytes())
-            );
-            if s.write_all(resp.as_bytes()).await.is_err() {
-                return;
-            }
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut out = Vec::with_capacity(256 * 1024);
-            let mut len = 0;
-            loop {
-                let n = match s.read(&mut buf[len..]).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                len += n;
-                let mut pos = 0;
-                out.clear();
-                while let Ok(Some(h)) = frame::parse_header(&buf[pos..len]) {
-                    let total = usize::from(h.header_len) + h.payload_len as usize;
-                    if total > buf.len() {
-                        buf.resize(total * 2, 0);
+            match acceptor {
+                Some(a) => {
+                    if let Ok(t) = a.accept(s).await {
+                        echo_conn(t).await
                     }
-                    if len - pos < total {
-                        break;
-                    }
-                    let payload = &mut buf[pos + usize::from(h.header_len)..pos + total];
-                    if let Some(m) = h.mask {
-                        frame::apply_mask(payload, m, 0);
-                    }
-                    if h.opcode == frame::opcode::CLOSE {
-                        let _ = s.write_all(&[0x88, 0]).await;
-                        return;
-                    }
-                    push_header(
-                        &mut out,
-                        (u8::from(h.fin) << 7) | h.opcode,
-                        None,
-                        payload.len(),
-                    );
-                    out.extend_from_slice(payload);
-                    pos += total;
                 }
-                buf.copy_within(pos..len, 0);
-                len -= pos;
-                if !out.is_empty() && s.write_all(&out).await.is_err() {
-                    return;
-                }
+                None => echo_conn(s).await,
             }
         });
+    }
+}
+
+async fn echo_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
+    let Ok((head, rest)) = read_head(&mut s).await else {
+        return;
+    };
+    let key = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("sec-websocket-key:")
+                .then(|| l[18..].trim().to_owned())
+        })
+        .unwrap_or_default();
+    let resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        sluice::upgrade::accept_key(key.as_bytes())
+    );
+    if s.write_all(resp.as_bytes()).await.is_err() || s.flush().await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut out = Vec::with_capacity(256 * 1024);
+    buf[..rest.len()].copy_from_slice(&rest);
+    let mut len = rest.len();
+    let mut first = len > 0;
+    loop {
+        if !first {
+            let n = match s.read(&mut buf[len..]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            len += n;
+        }
+        first = false;
+        let mut pos = 0;
+        out.clear();
+        while let Ok(Some(h)) = frame::parse_header(&buf[pos..len]) {
+            let total = usize::from(h.header_len) + h.payload_len as usize;
+            if total > buf.len() {
+                buf.resize(total * 2, 0);
+            }
+            if len - pos < total {
+                break;
+            }
+            let payload = &mut buf[pos + usize::from(h.header_len)..pos + total];
+            if let Some(m) = h.mask {
+                frame::apply_mask(payload, m, 0);
+            }
+            if h.opcode == frame::opcode::CLOSE {
+                let _ = s.write_all(&out).await;
+                let _ = s.write_all(&[0x88, 0]).await;
+                let _ = s.shutdown().await;
+                return;
+            }
+            push_header(
+                &mut out,
+                (u8::from(h.fin) << 7) | h.opcode,
+                None,
+                payload.len(),
+            );
+            out.extend_from_slice(payload);
+            pos += total;
+        }
+        buf.copy_within(pos..len, 0);
+        len -= pos;
+        if !out.is_empty() && (s.write_all(&out).await.is_err() || s.flush().await.is_err()) {
+            return;
+        }
     }
 }
 
@@ -164,96 +328,153 @@ async fn copy(listen: SocketAddr, target: SocketAddr) {
     }
 }
 
-/// Resident set size of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+/// Resident set size of some processes, in KiB, summed.
+fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
-async fn upgrade(target: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(target).await.unwrap();
-    let _ = s.set_nodelay(true);
+/// utime + stime of some processes (all their threads), in microseconds,
+/// summed.
+fn cpu_us(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+                + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+            // USER_HZ is 100 on Linux.
+            ticks * 10_000
+        })
+        .sum()
+}
+
+/// Connects (TCP, then TLS for wss) and upgrades to WebSocket.
+async fn upgrade(t: &Target) -> std::io::Result<Conn> {
+    let s = TcpStream::connect(t.addr).await?;
+    s.set_nodelay(true)?;
+    let mut s: Conn = match &t.tls {
+        Some((connector, name)) => Box::new(connector.connect(name.clone(), s).await?),
+        None => Box::new(s),
+    };
     let req = format!(
-        "GET / HTTP/1.1\r\nHost: {target}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET / HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        t.addr
     );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let head = read_head(&mut s).await.unwrap();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    s
+    s.write_all(req.as_bytes()).await?;
+    s.flush().await?;
+    let (head, rest) = read_head(&mut s).await?;
+    if !head.starts_with("HTTP/1.1 101") {
+        let status = head.lines().next().unwrap_or("").to_owned();
+        return Err(std::io::Error::other(format!("no upgrade: {status}")));
+    }
+    if !rest.is_empty() {
+        return Err(std::io::Error::other("unexpected bytes after the 101"));
+    }
+    Ok(s)
 }
 
-/// Holds N idle tunnels open; prints the proxy's RSS growth per tunnel, then
+/// One tiny masked binary frame (payload `[x]`) and its echo.
+async fn ping(s: &mut Conn, x: u8) -> std::io::Result<bool> {
+    s.write_all(&[0x82, 0x81, 1, 2, 3, 4, x ^ 1]).await?;
+    s.flush().await?;
+    let mut echo = [0u8; 3];
+    s.read_exact(&mut echo).await?;
+    Ok(echo == [0x82, 1, x])
+}
+
+/// Holds N idle tunnels open; prints the RSS growth of PIDS per tunnel, then
 /// checks that every tunnel still echoes.
-async fn idle(target: SocketAddr, n: usize, pid: u32) {
-    let before = rss_kib(pid);
-    let mut tunnels = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut s = upgrade(target).await;
-        // One round trip each, so both directions have been used once.
-        s.write_all(&[0x82, 0x81, 1, 2, 3, 4, 7 ^ 1]).await.unwrap();
-        let mut echo = [0u8; 3];
-        s.read_exact(&mut echo).await.unwrap();
-        tunnels.push(s);
+async fn idle(target: Target, n: usize, pids: Vec<u32>) {
+    const PARALLEL: usize = 64;
+    let before = rss_kib(&pids);
+    let started = Instant::now();
+    let mut tunnels: Vec<Conn> = Vec::with_capacity(n);
+    let mut failed = 0usize;
+    let mut first_err = None;
+    while tunnels.len() + failed < n {
+        let batch = PARALLEL.min(n - tunnels.len() - failed);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..batch {
+            let t = target.clone();
+            set.spawn(async move {
+                let mut s = upgrade(&t).await?;
+                // One round trip each, so both directions have been used once.
+                if !ping(&mut s, 7).await? {
+                    return Err(std::io::Error::other("bad echo"));
+                }
+                Ok::<_, std::io::Error>(s)
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            match r.unwrap() {
+                Ok(s) => tunnels.push(s),
+                Err(e) => {
+                    failed += 1;
+                    first_err.get_or_insert(e.to_string());
+                }
+            }
+        }
+        if failed > n / 10 + 10 {
+            break; // the target is refusing; no point in hammering it
+        }
     }
+    let open_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(pid);
+    let after = rss_kib(&pids);
     let mut ok = 0;
     for s in &mut tunnels {
-        s.write_all(&[0x82, 0x81, 1, 2, 3, 4, 9 ^ 1]).await.unwrap();
-        let mut echo = [0u8; 3];
-        if s.read_exact(&mut echo).await.is_ok() && echo == [0x82, 1, 9] {
+        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(5), ping(s, 9)).await {
             ok += 1;
         }
     }
+    let opened = tunnels.len();
     println!(
-        "tunnels={n} rss_before_kib={before} rss_after_kib={after} kib_per_tunnel={:.2} still_echoing={ok}",
-        (after.saturating_sub(before)) as f64 / n as f64
+        "tunnels={n} opened={opened} open_secs={open_secs:.1} rss_before_kib={before} rss_after_kib={after} kib_per_tunnel={:.2} still_echoing={ok}{}",
+        (after.saturating_sub(before)) as f64 / opened.max(1) as f64,
+        first_err.map(|e| format!(" first_error=\"{e}\"")).unwrap_or_default()
     );
 }
 
-/// utime + stime of a process, in microseconds.
-fn cpu_us(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    // USER_HZ is 100 on Linux.
-    ticks * 10_000
+fn pct(lat: &[u32], p: f64) -> u32 {
+    lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
 }
 
 async fn load(
-    target: SocketAddr,
+    target: Target,
     conns: usize,
     size: usize,
     secs: u64,
-    pid: Option<u32>,
+    pids: Vec<u32>,
     rate: Option<u64>,
 ) {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
+    let broken = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     let mut streams = Vec::new();
-    for _ in 0..conns {
-        let mut s = TcpStream::connect(target).await.unwrap();
-        let _ = s.set_nodelay(true);
-        let req = format!(
-            "GET / HTTP/1.1\r\nHost: {target}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
-        let head = read_head(&mut s).await.unwrap();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for i in 0..conns {
+        let s = upgrade(&target)
+            .await
+            .unwrap_or_else(|e| panic!("tunnel {i} of {conns} to {}: {e}", target.addr));
         streams.push(s);
     }
     let per_conn_interval = rate.map(|r| Duration::from_secs_f64(conns as f64 / r as f64));
-    let cpu_before = pid.map(cpu_us);
+    let cpu_before = cpu_us(&pids);
     let started = Instant::now();
-    for mut s in streams {
-        let (stop, count) = (stop.clone(), count.clone());
+    for (i, mut s) in streams.into_iter().enumerate() {
+        let (stop, count, broken) = (stop.clone(), count.clone(), broken.clone());
         tasks.push(tokio::spawn(async move {
             let mut frame = Vec::new();
             push_header(&mut frame, 0x82, Some([1, 2, 3, 4]), size);
@@ -268,14 +489,24 @@ async fn load(
                 };
             let mut buf = vec![0u8; expect];
             let mut lat = Vec::new();
-            let mut next = Instant::now();
+            // Spread the paced tunnels over one interval instead of firing
+            // them all together.
+            let mut next = Instant::now()
+                + per_conn_interval.map_or(Duration::ZERO, |iv| iv * i as u32 / conns as u32);
             while !stop.load(Ordering::Relaxed) {
                 if let Some(iv) = per_conn_interval {
-                    next += iv;
                     tokio::time::sleep_until(next.into()).await;
+                    next += iv;
                 }
                 let t = Instant::now();
-                if s.write_all(&frame).await.is_err() || s.read_exact(&mut buf).await.is_err() {
+                let ok = async {
+                    s.write_all(&frame).await?;
+                    s.flush().await?;
+                    s.read_exact(&mut buf).await
+                }
+                .await;
+                if ok.is_err() {
+                    broken.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 lat.push(t.elapsed().as_micros() as u32);
@@ -287,31 +518,109 @@ async fn load(
     tokio::time::sleep(Duration::from_secs(secs)).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_after = pid.map(cpu_us);
+    let cpu_after = cpu_us(&pids);
     let mut lat = Vec::new();
     for t in tasks {
         lat.extend(t.await.unwrap());
     }
     lat.sort_unstable();
     let n = count.load(Ordering::Relaxed);
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
     let mut line = format!(
-        "msgs_per_s={:.0} mb_per_s={:.1} p50_us={} p99_us={} p999_us={}",
+        "msgs_per_s={:.0} mb_per_s={:.1} p50_us={} p99_us={} p999_us={} broken={}",
         n as f64 / elapsed,
         n as f64 * size as f64 / elapsed / 1e6,
-        pct(0.50),
-        pct(0.99),
-        pct(0.999)
+        pct(&lat, 0.50),
+        pct(&lat, 0.99),
+        pct(&lat, 0.999),
+        broken.load(Ordering::Relaxed)
     );
-    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+    if !pids.is_empty() {
+        let cpu = (cpu_after - cpu_before) as f64;
         line.push_str(&format!(
-            " cpu_us_per_msg={:.2}",
-            (b - a) as f64 / n.max(1) as f64
+            " cpu_us_per_msg={:.2} cpu_ms_per_mib={:.3}",
+            cpu / n.max(1) as f64,
+            cpu / 1000.0 / (n.max(1) as f64 * size as f64 / 1048576.0)
         ));
+    }
+    println!("{line}");
+}
+
+/// Opens a connection, upgrades it, sends a Close frame, waits for the
+/// reply (or EOF) and closes.
+async fn one_handshake(t: &Target) -> std::io::Result<()> {
+    let mut s = upgrade(t).await?;
+    // Masked Close with status 1000.
+    let code = [0x03 ^ 1, 0xE8 ^ 2];
+    s.write_all(&[0x88, 0x82, 1, 2, 3, 4, code[0], code[1]]).await?;
+    s.flush().await?;
+    let mut b = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
+    let _ = s.shutdown().await;
+    Ok(())
+}
+
+async fn handshakes(target: Target, conc: usize, secs: u64, pids: Vec<u32>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let first_err = Arc::new(std::sync::Mutex::new(None::<String>));
+    let cpu_before = cpu_us(&pids);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (stop, count, errors, first_err, t) = (
+            stop.clone(),
+            count.clone(),
+            errors.clone(),
+            first_err.clone(),
+            target.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                match one_handshake(&t).await {
+                    Ok(()) => {
+                        lat.push(t0.elapsed().as_micros() as u32);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        first_err.lock().unwrap().get_or_insert(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_us(&pids);
+    let n = count.load(Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for t in tasks {
+        if let Ok(Ok(l)) = tokio::time::timeout(Duration::from_secs(10), t).await {
+            lat.extend(l);
+        }
+    }
+    lat.sort_unstable();
+    let mut line = format!(
+        "handshakes_per_s={:.0} p50_us={} p99_us={} errors={}",
+        n as f64 / elapsed,
+        pct(&lat, 0.50),
+        pct(&lat, 0.99),
+        errors.load(Ordering::Relaxed)
+    );
+    if !pids.is_empty() {
+        line.push_str(&format!(
+            " cpu_us_per_handshake={:.1}",
+            (cpu_after - cpu_before) as f64 / n.max(1) as f64
+        ));
+    }
+    if let Some(e) = first_err.lock().unwrap().take() {
+        line.push_str(&format!(" first_error=\"{e}\""));
     }
     println!("{line}");
 }

@@ -166,36 +166,3 @@ fn a_scan_from_a_million_addresses_stays_bounded_and_is_evicted() {
     assert_eq!(limiter.len(), 0, "fast limiter not empty after evict_idle");
     assert!(limiter.is_empty());
 }
-
-/// Mean cost of `check` over `n` calls.
-fn mean_check(limiter: &HandshakeLimiter, ip: IpAddr, n: u32) -> Duration {
-    let started = Instant::now();
-    for _ in 0..n {
-        let _ = std::hint::black_box(limiter.check(std::hint::black_box(ip)));
-    }
-    started.elapsed() / n
-}
-
-/// The reject path is the one a flood from one address takes, so it must
-/// not cost much more than the accept path. `check` builds a new
-/// `DefaultClock` (a quanta clock, which runs CPUID to detect an invariant
-/// TSC) on every rejection just to compute Retry-After; CPUID traps to the
-/// hypervisor on a VM.
-#[test]
-#[ignore = "bug: HandshakeLimiter::check calls DefaultClock::default() on every rejection (CPUID, ~27 us on a VM vs ~60 ns to accept)"]
-fn a_rejected_handshake_costs_about_what_an_accepted_one_does() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
-    let accepting = HandshakeLimiter::new(1_000_000_000, 1_000_000);
-    let rejecting = HandshakeLimiter::new(1, 1);
-    // Warm up both (and spend the rejecting limiter's burst).
-    mean_check(&accepting, ip, 1000);
-    mean_check(&rejecting, ip, 1000);
-    let accept = mean_check(&accepting, ip, 20_000);
-    let reject = mean_check(&rejecting, ip, 20_000);
-    println!("check: accepted {accept:?}, rejected {reject:?}");
-    assert!(
-        reject <= accept * 4 + Duration::from_micros(1),
-        "a rejected check costs {reject:?}, an accepted one {accept:?}"
-    );
-}

@@ -15,7 +15,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 /// The key limits are counted under.
@@ -49,6 +49,10 @@ pub const EVICT_CHECK_EVERY: u64 = 1024;
 pub struct HandshakeLimiter {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     checks: std::sync::atomic::AtomicU64,
+    /// Sweep when the map grows past this; doubles over what a sweep could
+    /// not remove, so a flood of live keys does not trigger a sweep per
+    /// 1024 handshakes (quadratic work).
+    sweep_above: std::sync::atomic::AtomicUsize,
 }
 
 impl HandshakeLimiter {
@@ -58,6 +62,7 @@ impl HandshakeLimiter {
         HandshakeLimiter {
             limiter: RateLimiter::keyed(quota),
             checks: std::sync::atomic::AtomicU64::new(0),
+            sweep_above: std::sync::atomic::AtomicUsize::new(SOFT_MAX_KEYS),
         }
     }
 
@@ -66,12 +71,20 @@ impl HandshakeLimiter {
         let n = self
             .checks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if n % EVICT_CHECK_EVERY == EVICT_CHECK_EVERY - 1 && self.limiter.len() > SOFT_MAX_KEYS {
-            self.limiter.retain_recent();
+        if n % EVICT_CHECK_EVERY == EVICT_CHECK_EVERY - 1 {
+            use std::sync::atomic::Ordering;
+            if self.limiter.len() > self.sweep_above.load(Ordering::Relaxed) {
+                self.limiter.retain_recent();
+                let left = self.limiter.len();
+                self.sweep_above
+                    .store(SOFT_MAX_KEYS.max(left * 2), Ordering::Relaxed);
+            }
         }
+        // The limiter's own clock: making a new one per call costs a CPUID
+        // (tens of microseconds on a VM) on exactly the path a flood takes.
         self.limiter
             .check_key(&limit_key(ip))
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+            .map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
     }
 
     /// Drops the state of keys whose bucket is full again. A key therefore
