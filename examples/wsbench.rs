@@ -93,13 +93,16 @@ fn target(s: &str, o: &Opts) -> Target {
         let ca = o.ca.as_ref().expect("wss:// needs --ca PEM");
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(ca).expect("read --ca") {
-            roots.add(c.expect("parse --ca")).expect("add --ca to roots");
+            roots
+                .add(c.expect("parse --ca"))
+                .expect("add --ca to roots");
         }
-        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut cfg =
+            rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         if !o.resume {
             cfg.resumption = Resumption::disabled();
@@ -166,9 +169,7 @@ fn main() {
 
 /// Reads an HTTP head (through the blank line) in chunks; returns it and any
 /// bytes that followed it in the same reads.
-async fn read_head<S: AsyncRead + Unpin + ?Sized>(
-    s: &mut S,
-) -> std::io::Result<(String, Vec<u8>)> {
+async fn read_head<S: AsyncRead + Unpin + ?Sized>(s: &mut S) -> std::io::Result<(String, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -195,12 +196,13 @@ async fn echo(listen: SocketAddr, o: &Opts) {
             .expect("parse --cert");
         let key = PrivateKeyDer::from_pem_file(o.key.as_ref().expect("--cert needs --key"))
             .expect("read --key");
-        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .expect("certificate and key");
+        let mut cfg =
+            rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .expect("certificate and key");
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         TlsAcceptor::from(Arc::new(cfg))
     });
@@ -245,13 +247,18 @@ async fn echo_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
     if s.write_all(resp.as_bytes()).await.is_err() || s.flush().await.is_err() {
         return;
     }
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut out = Vec::with_capacity(256 * 1024);
+    // Start small (an idle tunnel should cost the backend little: it is the
+    // "direct" baseline of the memory figures) and grow for big frames.
+    let mut buf = vec![0u8; (4 * 1024).max(rest.len() * 2)];
+    let mut out = Vec::new();
     buf[..rest.len()].copy_from_slice(&rest);
     let mut len = rest.len();
     let mut first = len > 0;
     loop {
         if !first {
+            if len == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
             let n = match s.read(&mut buf[len..]).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
@@ -358,12 +365,21 @@ fn cpu_us(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// TLS handshakes that resumed a session.
+static RESUMED: AtomicU64 = AtomicU64::new(0);
+
 /// Connects (TCP, then TLS for wss) and upgrades to WebSocket.
 async fn upgrade(t: &Target) -> std::io::Result<Conn> {
     let s = TcpStream::connect(t.addr).await?;
     s.set_nodelay(true)?;
     let mut s: Conn = match &t.tls {
-        Some((connector, name)) => Box::new(connector.connect(name.clone(), s).await?),
+        Some((connector, name)) => {
+            let t = connector.connect(name.clone(), s).await?;
+            if t.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                RESUMED.fetch_add(1, Ordering::Relaxed);
+            }
+            Box::new(t)
+        }
         None => Box::new(s),
     };
     let req = format!(
@@ -551,7 +567,8 @@ async fn one_handshake(t: &Target) -> std::io::Result<()> {
     let mut s = upgrade(t).await?;
     // Masked Close with status 1000.
     let code = [0x03 ^ 1, 0xE8 ^ 2];
-    s.write_all(&[0x88, 0x82, 1, 2, 3, 4, code[0], code[1]]).await?;
+    s.write_all(&[0x88, 0x82, 1, 2, 3, 4, code[0], code[1]])
+        .await?;
     s.flush().await?;
     let mut b = [0u8; 64];
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
@@ -607,11 +624,12 @@ async fn handshakes(target: Target, conc: usize, secs: u64, pids: Vec<u32>) {
     }
     lat.sort_unstable();
     let mut line = format!(
-        "handshakes_per_s={:.0} p50_us={} p99_us={} errors={}",
+        "handshakes_per_s={:.0} p50_us={} p99_us={} errors={} tls_resumed={}",
         n as f64 / elapsed,
         pct(&lat, 0.50),
         pct(&lat, 0.99),
-        errors.load(Ordering::Relaxed)
+        errors.load(Ordering::Relaxed),
+        RESUMED.load(Ordering::Relaxed)
     );
     if !pids.is_empty() {
         line.push_str(&format!(

@@ -43,7 +43,7 @@ backends = ["{page}"]
     // memory, so the one listener becomes a TLS listener here.
     config.server.listen = std::mem::take(&mut config.server.listen_plain);
     let acceptor = self_signed_acceptor()?;
-    let shared = Shared::new(Snapshot::with_acceptor(config, Some(acceptor)));
+    let shared = Shared::new(Snapshot::with_acceptor(config, Some(acceptor))?);
     let running = Running::start(shared).await?;
     println!("sluice demo: open https://{DEMO_ADDR}/ (self-signed certificate: accept the browser warning)");
     println!("WebSocket echo through the proxy at wss://{DEMO_ADDR}/ws; Ctrl-C stops");

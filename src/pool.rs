@@ -42,6 +42,10 @@ struct Member {
 #[derive(Debug)]
 pub struct Pool {
     members: Vec<Member>,
+    /// TLS toward this route's `https://` backends.
+    tls: Arc<rustls::ClientConfig>,
+    /// Keep-alive connections for plain HTTP requests on this route.
+    http: crate::backend::HttpClient,
     balance: Balance,
     health: Option<HealthCheck>,
     next: AtomicUsize,
@@ -91,8 +95,10 @@ impl Drop for Lease {
 }
 
 impl Pool {
-    pub fn new(route: &Route) -> Pool {
+    pub fn new(route: &Route, tls: Arc<rustls::ClientConfig>) -> Pool {
         Pool {
+            http: crate::backend::http_client(tls.clone()),
+            tls,
             members: route
                 .backends
                 .iter()
@@ -110,6 +116,14 @@ impl Pool {
             next: AtomicUsize::new(0),
             start: Instant::now(),
         }
+    }
+
+    pub fn tls(&self) -> &Arc<rustls::ClientConfig> {
+        &self.tls
+    }
+
+    pub fn http(&self) -> &crate::backend::HttpClient {
+        &self.http
     }
 
     pub fn len(&self) -> usize {
@@ -199,7 +213,7 @@ impl Pool {
 
     /// Runs active checks until the pool is dropped (its snapshot replaced
     /// and its last connection gone).
-    pub fn spawn_checks(pool: &Arc<Pool>, tls: Arc<rustls::ClientConfig>) {
+    pub fn spawn_checks(pool: &Arc<Pool>) {
         let Some(check) = pool.health.clone() else {
             return;
         };
@@ -216,7 +230,7 @@ impl Pool {
                     let backend = &pool.members[i].backend;
                     let ok = tokio::time::timeout(
                         check.timeout,
-                        probe(backend, check.path.as_deref(), &tls),
+                        probe(backend, check.path.as_deref(), &pool.tls),
                     )
                     .await
                     .unwrap_or(false);
@@ -265,9 +279,9 @@ mod tests {
         let toml = format!(
             "[server]\nlisten_plain = [\"127.0.0.1:0\"]\n[[route]]\nbackends = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n{extra}"
         );
-        Arc::new(Pool::new(
-            &Config::parse(&toml, Path::new("t.toml")).unwrap().routes[0],
-        ))
+        let config = Config::parse(&toml, Path::new("t.toml")).unwrap();
+        let tls = crate::tls::backend_client_config(&Default::default(), &config.path).unwrap();
+        Arc::new(Pool::new(&config.routes[0], tls))
     }
 
     #[test]

@@ -328,7 +328,7 @@ async fn forward(
         let req = attempt
             .body(req_body)
             .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
-        let result = tokio::time::timeout_at(deadline, ctx.shared.http.request(req)).await;
+        let result = tokio::time::timeout_at(deadline, picked.pool.http().request(req)).await;
         match result {
             Err(_) => return Err(ProxyError::BackendTimeout),
             Ok(Ok(mut resp)) => {

@@ -38,14 +38,16 @@ impl Router {
         self.routes.iter().map(|e| &e.pool)
     }
 
-    pub fn build(config: &Config) -> Router {
+    /// `tls[i]` is the backend TLS config of route `i`.
+    pub fn build(config: &Config, tls: Vec<Arc<rustls::ClientConfig>>) -> Router {
         let routes = config
             .routes
             .iter()
+            .zip(tls)
             .enumerate()
-            .map(|(index, route)| RouteEntry {
+            .map(|(index, (route, tls))| RouteEntry {
                 label: label(route),
-                pool: Arc::new(Pool::new(route)),
+                pool: Arc::new(Pool::new(route, tls)),
                 route: Arc::new(route.clone()),
                 index,
             })
@@ -109,7 +111,13 @@ mod tests {
     use std::path::Path;
 
     fn router(toml: &str) -> Router {
-        Router::build(&Config::parse(toml, Path::new("test.toml")).unwrap())
+        let config = Config::parse(toml, Path::new("test.toml")).unwrap();
+        let tls = config
+            .routes
+            .iter()
+            .map(|r| crate::tls::backend_client_config(&r.backend_tls, &config.path).unwrap())
+            .collect();
+        Router::build(&config, tls)
     }
 
     const TWO_ROUTES: &str = r#"

@@ -5,11 +5,9 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustls::ClientConfig;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::backend::{self, HttpClient};
 use crate::config::{Config, ConfigError};
 use crate::policy::rate::{ConnectionCounts, HandshakeLimiter};
 use crate::route::Router;
@@ -38,9 +36,9 @@ impl std::fmt::Debug for Snapshot {
 impl Snapshot {
     /// Starts the active health checks of every route that has them; they
     /// stop by themselves once this snapshot is gone.
-    pub fn start_health_checks(&self, tls: &Arc<ClientConfig>) {
+    pub fn start_health_checks(&self) {
         for pool in self.router.pools() {
-            crate::pool::Pool::spawn_checks(pool, tls.clone());
+            crate::pool::Pool::spawn_checks(pool);
         }
     }
 
@@ -48,12 +46,20 @@ impl Snapshot {
     /// and reload, so they cannot disagree.
     pub fn build(config: Config) -> Result<Snapshot, ConfigError> {
         let acceptor = crate::tls::load(&config)?.map(TlsAcceptor::from);
-        Ok(Snapshot::with_acceptor(config, acceptor))
+        Snapshot::with_acceptor(config, acceptor)
     }
 
     /// Builds a snapshot around an acceptor made elsewhere (the demo's
     /// in-memory certificate).
-    pub fn with_acceptor(config: Config, acceptor: Option<TlsAcceptor>) -> Snapshot {
+    pub fn with_acceptor(
+        config: Config,
+        acceptor: Option<TlsAcceptor>,
+    ) -> Result<Snapshot, ConfigError> {
+        let backend_tls = config
+            .routes
+            .iter()
+            .map(|r| crate::tls::backend_client_config(&r.backend_tls, &config.path))
+            .collect::<Result<Vec<_>, _>>()?;
         let handshake_limiters = config
             .routes
             .iter()
@@ -61,12 +67,12 @@ impl Snapshot {
                 HandshakeLimiter::new(r.limits.handshakes_per_second, r.limits.handshake_burst)
             })
             .collect();
-        Snapshot {
-            router: Router::build(&config),
+        Ok(Snapshot {
+            router: Router::build(&config, backend_tls),
             config: Arc::new(config),
             acceptor,
             handshake_limiters,
-        }
+        })
     }
 }
 
@@ -74,8 +80,6 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct Shared {
     current: ArcSwap<Snapshot>,
-    pub http: HttpClient,
-    pub backend_tls: Arc<ClientConfig>,
     pub connections: Arc<ConnectionCounts>,
     /// Open client connections (HTTP) and open tunnels, counted apart.
     pub http_conns: Arc<Tracker>,
@@ -86,15 +90,9 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(snapshot: Snapshot) -> Arc<Shared> {
-        Shared::with_backend_tls(snapshot, crate::tls::backend_client_config())
-    }
-
-    pub fn with_backend_tls(snapshot: Snapshot, backend_tls: Arc<ClientConfig>) -> Arc<Shared> {
-        snapshot.start_health_checks(&backend_tls);
+        snapshot.start_health_checks();
         Arc::new(Shared {
             current: ArcSwap::from_pointee(snapshot),
-            http: backend::http_client(backend_tls.clone()),
-            backend_tls,
             connections: Arc::new(ConnectionCounts::default()),
             http_conns: Arc::default(),
             tunnels: Arc::default(),
@@ -108,7 +106,7 @@ impl Shared {
     }
 
     pub fn replace(&self, snapshot: Snapshot) {
-        snapshot.start_health_checks(&self.backend_tls);
+        snapshot.start_health_checks();
         self.current.store(Arc::new(snapshot));
     }
 

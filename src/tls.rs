@@ -10,7 +10,9 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{Config, ConfigError};
+use std::path::Path;
+
+use crate::config::{BackendTls, Config, ConfigError};
 
 /// Loads `[tls]` from a validated config. `Ok(None)` when there is no `[tls]`.
 pub fn load(config: &Config) -> Result<Option<Arc<ServerConfig>>, ConfigError> {
@@ -61,23 +63,80 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// The client config for `https://` backends: the system's roots, HTTP/1.1.
-pub fn backend_client_config() -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        // A single unparsable system cert must not take the proxy down.
-        let _ = roots.add(cert);
-    }
-    client_config_with_roots(roots)
-}
-
-pub fn client_config_with_roots(roots: RootCertStore) -> Arc<ClientConfig> {
-    let mut config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+/// The client config toward a route's `https://` backends: verification
+/// against `backend_ca` or the system roots, and a client certificate when
+/// `backend_cert`/`backend_key` are set (mTLS). SNI comes from the backend URL.
+pub fn backend_client_config(
+    route: &BackendTls,
+    file: &Path,
+) -> Result<Arc<ClientConfig>, ConfigError> {
+    let roots = match &route.ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(&ca.value)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    ca.error(
+                        file,
+                        format!("cannot load CA bundle {}: {e}", ca.value.display()),
+                    )
+                })?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(ca.error(
+                    file,
+                    format!("no usable CA certificate in {}", ca.value.display()),
+                ));
+            }
+            roots
+        }
+        None => system_roots().clone(),
+    };
+    let builder = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match (&route.cert, &route.key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(&cert.value)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    cert.error(
+                        file,
+                        format!(
+                            "cannot load client certificate {}: {e}",
+                            cert.value.display()
+                        ),
+                    )
+                })?;
+            let private = PrivateKeyDer::from_pem_file(&key.value).map_err(|e| {
+                key.error(
+                    file,
+                    format!("cannot load client key {}: {e}", key.value.display()),
+                )
+            })?;
+            builder.with_client_auth_cert(chain, private).map_err(|e| {
+                key.error(
+                    file,
+                    format!("client key does not fit the certificate: {e}"),
+                )
+            })?
+        }
+        _ => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    Ok(Arc::new(config))
+}
+
+/// The system's roots, read once per process.
+fn system_roots() -> &'static RootCertStore {
+    static ROOTS: std::sync::OnceLock<RootCertStore> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        // A single unparsable system certificate must not take the proxy down.
+        let (added, _) =
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        tracing::debug!(added, "system root certificates loaded");
+        roots
+    })
 }

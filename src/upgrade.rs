@@ -170,7 +170,7 @@ async fn handshake(
     *out.headers_mut() = hdrs;
 
     let timeout = ctx.snapshot.config.server.handshake_timeout;
-    let tls = ctx.shared.backend_tls.clone();
+    let tls = picked.pool.tls().clone();
     let connect_histogram = ctx
         .shared
         .metrics

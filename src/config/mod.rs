@@ -69,12 +69,12 @@ pub struct Tls {
 pub struct Located<T> {
     pub value: T,
     pub line: usize,
-    pub key: &'static str,
+    pub key: String,
 }
 
 impl<T> Located<T> {
     pub fn error(&self, file: &Path, problem: impl Into<String>) -> ConfigError {
-        ConfigError::new(file, Some(self.line), self.key, problem)
+        ConfigError::new(file, Some(self.line), self.key.clone(), problem)
     }
 }
 
@@ -89,8 +89,20 @@ pub struct Route {
     pub balance: Balance,
     /// Active health checks; `None` = only passive ejection on connect failures.
     pub health_check: Option<HealthCheck>,
+    /// TLS toward `https://` backends.
+    pub backend_tls: BackendTls,
     pub websocket: WebSocketPolicy,
     pub limits: Limits,
+}
+
+/// TLS settings toward a route's `https://` backends.
+#[derive(Debug, Clone, Default)]
+pub struct BackendTls {
+    /// PEM CA bundle that replaces the system roots for verification.
+    pub ca: Option<Located<PathBuf>>,
+    /// Client certificate chain and key, both or neither (mTLS).
+    pub cert: Option<Located<PathBuf>>,
+    pub key: Option<Located<PathBuf>>,
 }
 
 /// How a route spreads new connections over its healthy backends.
@@ -518,19 +530,24 @@ impl Source<'_> {
 
     fn tls(&self, raw: &RawTls) -> Result<Tls, ConfigError> {
         let base = self.file.parent().unwrap_or(Path::new(""));
-        let locate = |v: &Spanned<String>, key: &'static str| {
-            if v.get_ref().is_empty() {
-                return Err(self.err_at(v, key, "empty path"));
-            }
-            Ok(Located {
-                value: base.join(v.get_ref()),
-                line: error::line_of(self.text, v.span().start),
-                key,
-            })
-        };
+        let _ = base;
         Ok(Tls {
-            cert: locate(&raw.cert, "tls.cert")?,
-            key: locate(&raw.key, "tls.key")?,
+            cert: self.locate(&raw.cert, "tls.cert".to_owned())?,
+            key: self.locate(&raw.key, "tls.key".to_owned())?,
+        })
+    }
+
+    /// A file path from the config, resolved against the config's directory,
+    /// with where it was written for later errors.
+    fn locate(&self, v: &Spanned<String>, key: String) -> Result<Located<PathBuf>, ConfigError> {
+        if v.get_ref().is_empty() {
+            return Err(self.err_at(v, key, "empty path"));
+        }
+        let base = self.file.parent().unwrap_or(Path::new(""));
+        Ok(Located {
+            value: base.join(v.get_ref()),
+            line: error::line_of(self.text, v.span().start),
+            key,
         })
     }
 
@@ -713,12 +730,30 @@ impl Source<'_> {
                 })
             }
         };
+        let locate_opt = |v: &Option<Spanned<String>>, key: &str| {
+            v.as_ref()
+                .map(|v| self.locate(v, format!("{prefix}.{key}")))
+                .transpose()
+        };
+        let backend_tls = BackendTls {
+            ca: locate_opt(&raw.backend_ca, "backend_ca")?,
+            cert: locate_opt(&raw.backend_cert, "backend_cert")?,
+            key: locate_opt(&raw.backend_key, "backend_key")?,
+        };
+        if let (Some(c), None) | (None, Some(c)) = (&raw.backend_cert, &raw.backend_key) {
+            return Err(self.err_at(
+                c,
+                format!("{prefix}.backend_cert"),
+                "backend_cert and backend_key go together (client certificate for mTLS)",
+            ));
+        }
         Ok(Route {
             host,
             path,
             backends,
             balance,
             health_check,
+            backend_tls,
             websocket,
             limits,
         })
@@ -1107,7 +1142,7 @@ backends = ["name:1"]
 
         let tls = c.tls.as_ref().unwrap();
         assert_eq!(tls.cert.value, Path::new("/etc/sluice/certs/example.pem"));
-        assert_eq!((tls.cert.line, tls.cert.key), (12, "tls.cert"));
+        assert_eq!((tls.cert.line, tls.cert.key.as_str()), (12, "tls.cert"));
         assert_eq!(tls.key.value, Path::new("/abs/example-key.pem"));
         assert_eq!(
             tls.key.error(&c.path, "no key found").to_string(),

@@ -92,6 +92,9 @@ pub struct RawRoute {
     pub backends: SpannedList,
     pub balance: Option<Spanned<String>>,
     pub health_check: Option<RawHealthCheck>,
+    pub backend_ca: Option<Spanned<String>>,
+    pub backend_cert: Option<Spanned<String>>,
+    pub backend_key: Option<Spanned<String>>,
     pub websocket: Option<RawWebSocket>,
     pub limits: Option<RawLimits>,
 }
