@@ -13,6 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use support::browser;
 use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -76,13 +77,15 @@ static DEMO_PORT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[tokio::test]
 async fn demo_serves_the_page_and_echoes_over_wss() {
     let _port = DEMO_PORT.lock().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("demo")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("demo")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let t = Instant::now();
     let first = out.next().expect("demo printed nothing").unwrap();
     assert!(first.contains("https://127.0.0.1:8443/"), "{first}");
@@ -108,8 +111,7 @@ async fn demo_serves_the_page_and_echoes_over_wss() {
     ws.send(Message::Text("hello demo".into())).await.unwrap();
     let echo = within("echo", ws.next()).await.unwrap().unwrap();
     assert_eq!(echo, Message::Text("hello demo".into()));
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 }
 
 /// A real browser: headless Chromium loads the demo page through sluice, and
@@ -118,15 +120,7 @@ async fn demo_serves_the_page_and_echoes_over_wss() {
 /// HTTP/1.1 (a classic upgrade); sluice's access log shows which.
 #[tokio::test]
 async fn browser_page_echoes_over_h2_and_http1() {
-    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-    else {
+    let Some(chromium) = browser::chromium() else {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must install chromium (.ci/run does)"
@@ -138,73 +132,108 @@ async fn browser_page_echoes_over_h2_and_http1() {
     for (mode, extra, expect_log) in [
         (
             "h2",
-            None,
+            &[][..],
             "method=CONNECT path=\"/ws\" version=HTTP/2.0 status=200",
         ),
         (
             "http/1.1",
-            Some("--disable-http2"),
+            &["--disable-http2"][..],
             "method=GET path=\"/ws\" version=HTTP/1.1 status=101",
         ),
     ] {
-        let mut demo = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("demo")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(demo.stdout.take().unwrap()).lines();
+        let mut demo = KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .arg("demo")
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut out = BufReader::new(demo.0.stdout.take().unwrap()).lines();
         out.next().expect("demo printed nothing").unwrap();
-        let profile = std::env::temp_dir()
-            .join(format!("sluice-chromium-{}-{mode}", std::process::id()).replace('/', "_"));
-        let mut cmd = Command::new(chromium);
-        cmd.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            "--disable-sync",
-            "--disable-quic",
-            "--ignore-certificate-errors",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()));
-        if let Some(flag) = extra {
-            cmd.arg(flag);
-        }
-        let dom = tokio::task::spawn_blocking(move || {
-            cmd.arg("https://127.0.0.1:8443/").output().unwrap()
-        })
-        .await
-        .unwrap();
-        let _ = demo.kill();
-        let _ = demo.wait();
+        let browser = browser::Browser::launch(chromium, extra);
+        let shown = browser
+            .eval_until(
+                "https://127.0.0.1:8443/",
+                "(document.getElementById('log') || {}).textContent || ''",
+                WAIT,
+                |v| v.contains("echo:") || v.contains("error") || v.contains("close"),
+            )
+            .await;
+        drop(browser);
+        let _ = demo.0.kill();
+        let _ = demo.0.wait();
         let mut log = String::new();
         use std::io::Read;
-        demo.stderr
+        demo.0
+            .stderr
             .take()
             .unwrap()
             .read_to_string(&mut log)
             .unwrap();
-        let dom = String::from_utf8_lossy(&dom.stdout);
-        // What the page's script logged, in order.
-        let shown = dom
-            .split("<div id=\"log\">")
-            .nth(1)
-            .and_then(|rest| rest.split("</div>").next())
-            .unwrap_or_default();
-        assert_eq!(
-            shown, "open\necho: hello from the browser\n",
-            "{mode}: {dom}"
-        );
+        assert_eq!(shown, "open\necho: hello from the browser\n", "{mode}");
         assert!(
             log.contains(expect_log),
             "{mode}: expected {expect_log:?} in sluice's log:\n{log}"
         );
-        let _ = std::fs::remove_dir_all(profile);
+    }
+}
+
+/// The seed article's Node.js `ws` server as the backend, behind sluice on
+/// TLS, driven by a real browser: open, echo, clean close.
+#[tokio::test]
+async fn browser_through_sluice_to_the_node_ws_backend() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
+    let node_ok = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let ws_installed = std::path::Path::new(dir).join("node_modules/ws").exists();
+    let (true, Some(chromium), true) = (node_ok, browser::chromium(), ws_installed) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install node, chromium and tests/node (npm ci)"
+        );
+        eprintln!("node, chromium or tests/node/node_modules missing: skipping");
+        return;
+    };
+    let mut node = KillOnDrop(
+        Command::new("node")
+            .arg(format!("{dir}/server.js"))
+            .arg("0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let line = BufReader::new(node.0.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let port: u16 = line.trim_start_matches("port ").parse().unwrap();
+    let sluice = Sluice::to(format!("127.0.0.1:{port}").parse().unwrap(), "", "").await;
+    for (mode, extra) in [("h2", &[][..]), ("http/1.1", &["--disable-http2"][..])] {
+        let browser = browser::Browser::launch(chromium, extra);
+        let shown = browser
+            .eval_until(
+                &format!("https://localhost:{}/", sluice.tls_addr.port()),
+                "(document.getElementById('log') || {}).textContent || ''",
+                WAIT,
+                |v| v.contains("close") || v.contains("error"),
+            )
+            .await;
+        assert_eq!(shown, "open\necho: hello node\nclose 1000\n", "{mode}");
+    }
+    drop(node);
+}
+
+/// A child process that is killed however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

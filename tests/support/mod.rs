@@ -6,6 +6,8 @@
     clippy::result_large_err
 )]
 
+pub mod browser;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
