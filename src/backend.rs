@@ -112,6 +112,21 @@ pub type HttpClient = hyper_util::client::legacy::Client<Connector, RequestBody>
 pub type RequestBody =
     http_body_util::Either<hyper::body::Incoming, http_body_util::Empty<bytes::Bytes>>;
 
+/// Pooled HTTP/2 client for `h2://` (TLS, ALPN h2) and `h2c://` backends.
+pub fn http2_client(tls: &Arc<ClientConfig>) -> HttpClient {
+    let mut h2_tls = (**tls).clone();
+    h2_tls.alpn_protocols = vec![b"h2".to_vec()];
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .http2_only(true)
+        .set_host(false)
+        .build(Connector {
+            tls: Arc::new(h2_tls),
+        })
+}
+
 pub fn http_client(tls: Arc<ClientConfig>) -> HttpClient {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(90))

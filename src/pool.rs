@@ -46,6 +46,8 @@ pub struct Pool {
     tls: Arc<rustls::ClientConfig>,
     /// Keep-alive connections for plain HTTP requests on this route.
     http: crate::backend::HttpClient,
+    /// The same over HTTP/2, for `h2://` and `h2c://` backends.
+    http2: crate::backend::HttpClient,
     balance: Balance,
     health: Option<HealthCheck>,
     next: AtomicUsize,
@@ -98,6 +100,7 @@ impl Pool {
     pub fn new(route: &Route, tls: Arc<rustls::ClientConfig>) -> Pool {
         Pool {
             http: crate::backend::http_client(tls.clone()),
+            http2: crate::backend::http2_client(&tls),
             tls,
             members: route
                 .backends
@@ -122,8 +125,13 @@ impl Pool {
         &self.tls
     }
 
-    pub fn http(&self) -> &crate::backend::HttpClient {
-        &self.http
+    /// The client for `backend`: HTTP/2 for `h2://`/`h2c://`, else HTTP/1.1.
+    pub fn http(&self, backend: &Backend) -> &crate::backend::HttpClient {
+        if backend.h2 {
+            &self.http2
+        } else {
+            &self.http
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -316,7 +316,11 @@ async fn forward(
         let scheme = if backend.tls { "https" } else { "http" };
         let mut attempt = http::request::Builder::new()
             .method(parts.method.clone())
-            .version(parts.version)
+            .version(if backend.h2 {
+                Version::HTTP_2
+            } else {
+                parts.version
+            })
             .uri(format!("{scheme}://{}{pq}", backend.authority()));
         if let Some(h) = attempt.headers_mut() {
             *h = parts.headers.clone();
@@ -328,7 +332,8 @@ async fn forward(
         let req = attempt
             .body(req_body)
             .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
-        let result = tokio::time::timeout_at(deadline, picked.pool.http().request(req)).await;
+        let result =
+            tokio::time::timeout_at(deadline, picked.pool.http(backend).request(req)).await;
         match result {
             Err(_) => return Err(ProxyError::BackendTimeout),
             Ok(Ok(mut resp)) => {

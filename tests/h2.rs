@@ -130,3 +130,35 @@ async fn connect_without_protocol_over_h2_is_405() {
     assert_eq!(resp.status(), 405);
     assert_eq!(backend.connections(), 0);
 }
+
+#[tokio::test]
+async fn h2c_backend_gets_requests_over_http2() {
+    // An HTTP/2-only (prior knowledge) backend that reports the version it saw.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body = format!("{:?} {}", req.version(), req.uri().path());
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(Bytes::from(body)),
+                        ))
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+            });
+        }
+    });
+    let s = Sluice::start("", &format!("[[route]]\nbackends = [\"h2c://{addr}\"]\n")).await;
+    let mut tcp = TcpStream::connect(s.plain_addr).await.unwrap();
+    let (status, head) =
+        raw_request(&mut tcp, b"GET /via-h2c HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert_eq!(status, 200, "{head}");
+    let body = String::from_utf8(read_body(&mut tcp, &head).await).unwrap();
+    assert_eq!(body, "HTTP/2.0 /via-h2c");
+}

@@ -187,8 +187,12 @@ const WILDCARD_RULE: &str =
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
-    /// `https://` backends: TLS toward the backend, SNI = `host`.
+    /// `https://` and `h2://` backends: TLS toward the backend, SNI = `host`.
     pub tls: bool,
+    /// `h2://` (TLS, ALPN h2) and `h2c://` (cleartext, prior knowledge):
+    /// plain HTTP requests go to this backend over HTTP/2. WebSocket
+    /// upgrades still use HTTP/1.1.
+    pub h2: bool,
     /// Lower-cased; an IPv6 literal without brackets.
     pub host: String,
     pub port: u16,
@@ -200,16 +204,20 @@ impl Backend {
     /// `"https://host[:port]"` (default 443). A backend has no path: requests
     /// keep their own, so a path here would be silently ignored.
     pub fn parse(s: &str) -> Result<Backend, String> {
-        let (tls, rest, default_port) = if let Some(rest) = strip_prefix_ci(s, "https://") {
-            (true, rest, Some(443))
+        let (tls, h2, rest, default_port) = if let Some(rest) = strip_prefix_ci(s, "https://") {
+            (true, false, rest, Some(443))
         } else if let Some(rest) = strip_prefix_ci(s, "http://") {
-            (false, rest, Some(80))
+            (false, false, rest, Some(80))
+        } else if let Some(rest) = strip_prefix_ci(s, "h2://") {
+            (true, true, rest, Some(443))
+        } else if let Some(rest) = strip_prefix_ci(s, "h2c://") {
+            (false, true, rest, Some(80))
         } else if let Some((scheme, _)) = s.split_once("://") {
             return Err(format!(
-                "unsupported scheme {scheme:?}; use host:port, http:// or https://"
+                "unsupported scheme {scheme:?}; use host:port, http://, https://, h2:// or h2c://"
             ));
         } else {
-            (false, s, None)
+            (false, false, s, None)
         };
         let (authority, path) = match rest.find(['/', '?', '#']) {
             Some(i) => rest.split_at(i),
@@ -242,7 +250,12 @@ impl Backend {
             origin::check_dns_name(host)?;
             host.to_ascii_lowercase()
         };
-        Ok(Backend { tls, host, port })
+        Ok(Backend {
+            tls,
+            h2,
+            host,
+            port,
+        })
     }
 
     /// `host:port`, with brackets around an IPv6 literal: what goes into a
@@ -1061,7 +1074,8 @@ mod tests {
             [Backend {
                 tls: false,
                 host: "127.0.0.1".into(),
-                port: 9001
+                port: 9001,
+                h2: false
             }]
         );
         let w = &r.websocket;
@@ -1160,17 +1174,20 @@ backends = ["name:1"]
                 Backend {
                     tls: false,
                     host: "127.0.0.1".into(),
-                    port: 9001
+                    port: 9001,
+                    h2: false
                 },
                 Backend {
                     tls: true,
                     host: "api.example.com".into(),
-                    port: 443
+                    port: 443,
+                    h2: false
                 },
                 Backend {
                     tls: false,
                     host: "::1".into(),
-                    port: 8080
+                    port: 8080,
+                    h2: false
                 },
             ]
         );
@@ -1231,6 +1248,7 @@ backends = ["name:1"]
         let b = |tls, host: &str, port| {
             Ok(Backend {
                 tls,
+                h2: false,
                 host: host.into(),
                 port,
             })
