@@ -224,11 +224,17 @@ async fn sigterm_closes_tunnels_with_1001_both_ways_and_exits_0() {
     let path = config(&dir, &plain_config(backend.addr, ""));
     let mut proc = Proc::start(&path, None);
     let addr = proc.addr("listening").await;
+    let admin = proc.addr("admin listening").await;
     let mut client = raw_ws(addr, "/").await;
 
     proc.signal("TERM");
     let close = read_frame(&mut client).await.expect("close to the client");
     assert_eq!(close.close_code(), Some(1001));
+    // While the tunnel drains, load balancers are told to go elsewhere.
+    assert_eq!(
+        http_get(admin, "/healthz").await,
+        (503, "draining\n".to_owned())
+    );
     // Answer the close like a real client and go away.
     drop(client);
     let status = proc.wait_exit(Duration::from_secs(5)).await;

@@ -108,3 +108,56 @@ async fn tunnels_keep_echoing_through_ten_reloads() {
     // The tunnels opened before the first reload were on the first backend.
     assert!(first.connections() >= tunnels);
 }
+
+#[tokio::test]
+async fn reload_opens_added_listeners_closes_removed_ones_and_keeps_the_rest() {
+    let backend = HttpEcho::start().await;
+    let cert = TestCert::new();
+    let path = cert.dir.join("sluice.toml");
+    let kept = refused_addr().await;
+    let added = refused_addr().await;
+    let write = |listeners: &[std::net::SocketAddr]| {
+        let list: Vec<String> = listeners.iter().map(|a| format!("\"{a}\"")).collect();
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten_plain = [{}]\n[[route]]\nbackends = [\"{}\"]\n",
+                list.join(", "),
+                backend.addr
+            ),
+        )
+        .unwrap();
+    };
+    write(&[kept]);
+    let snapshot = Snapshot::build(Config::load(&path).unwrap()).unwrap();
+    let mut running = Running::start(Shared::new(snapshot)).await.unwrap();
+    // A connection accepted before the reload, on the listener that stays.
+    let mut before = tokio::net::TcpStream::connect(kept).await.unwrap();
+
+    write(&[kept, added]);
+    running.reload(&path).await.unwrap();
+    assert_eq!(running.plain_addrs(), {
+        let mut v = vec![kept, added];
+        v.sort();
+        v
+    });
+    for addr in [kept, added] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (status, _) = raw_request(&mut tcp, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status, 200, "{addr}");
+    }
+    let (status, _) = raw_request(&mut before, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(
+        status, 200,
+        "a connection from before the reload keeps working"
+    );
+
+    write(&[added]);
+    running.reload(&path).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        tokio::net::TcpStream::connect(kept).await.is_err(),
+        "removed listener still accepts"
+    );
+    assert_eq!(running.plain_addrs(), vec![added]);
+}
