@@ -115,6 +115,7 @@ cleanup() {
   sleep 0.5
   for p in "${ALL_PIDS[@]}"; do kill -0 "$p" 2>/dev/null && kill -9 "$p" 2>/dev/null; done
   cp "$tmp"/*.log "$OUT/logs/" 2>/dev/null
+  cp "$tmp/nginx/error.log" "$OUT/logs/nginx-error.log" 2>/dev/null
   rm -rf "$tmp"
 }
 trap cleanup EXIT

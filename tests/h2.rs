@@ -162,3 +162,18 @@ async fn h2c_backend_gets_requests_over_http2() {
     let body = String::from_utf8(read_body(&mut tcp, &head).await).unwrap();
     assert_eq!(body, "HTTP/2.0 /via-h2c");
 }
+
+#[tokio::test]
+async fn h2_host_header_that_differs_from_authority_is_400() {
+    let backend = HttpEcho::start().await;
+    let s = Sluice::to(backend.addr, "", "").await;
+    let mut send = h2_connect(&s).await.ready().await.unwrap();
+    let req = Request::get(format!("https://localhost:{}/", s.tls_addr.port()))
+        .header("host", "evil.example")
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = within("h2 response", resp).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(backend.connections(), 0);
+}

@@ -225,22 +225,35 @@ async fn headers_split_at_every_byte_and_control_frames_between_fragments_pass()
 }
 
 #[tokio::test]
-async fn backend_that_vanishes_gets_the_client_a_1001() {
-    let backend = RawBackend::start(|head| {
-        // Answer, then the RawBackend keeps reading; we close it from the test
-        // by making the reply contain nothing else and dropping on EOF below.
-        good_101(head)
-    })
-    .await;
+async fn client_that_vanishes_gets_the_backend_a_1001() {
+    let backend = RawBackend::start(good_101).await;
     let sluice = Sluice::to(backend.addr, "", "").await;
     let mut client = raw_ws(sluice.plain_addr, "/").await;
-    // The client vanishes: the backend must get a Close 1001.
+    // The client goes away without a Close: the backend must get a Close 1001.
     client.shutdown().await.unwrap();
     let got = backend_bytes(&backend, 8).await;
     let mut s = &got[..];
     let f = read_frame(&mut s).await.unwrap();
+    assert!(f.masked);
     assert_eq!(f.close_code(), Some(1001));
-    drop(sluice);
+}
+
+#[tokio::test]
+async fn backend_that_vanishes_gets_the_client_a_1001() {
+    // The backend accepts the upgrade and then closes its socket without a Close.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let (_, head) = read_head_server(&mut tcp).await;
+        tcp.write_all(&good_101(&head)).await.unwrap();
+        drop(tcp);
+    });
+    let sluice = Sluice::to(backend_addr, "", "").await;
+    let mut client = raw_ws(sluice.plain_addr, "/").await;
+    let close = read_frame(&mut client).await.expect("a close frame");
+    assert!(!close.masked);
+    assert_eq!(close.close_code(), Some(1001));
 }
 
 #[tokio::test]
