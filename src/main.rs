@@ -41,10 +41,17 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One worker per CPU sluice may run on. With a single CPU (a container
+/// limit, or `taskset`), the current-thread scheduler does the same work
+/// without the cross-thread wakeups of a work-stealing pool.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    Ok(builder.enable_all().build()?)
 }
 
 /// `error: cause: cause` on one line.
