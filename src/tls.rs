@@ -60,6 +60,11 @@ pub fn server_config(
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Resumption keeps reconnect storms cheap: stateless tickets (keys
+    // rotated by rustls every 6 h) plus a session cache larger than the
+    // default 256 entries for clients that resume by ID.
+    config.ticketer = ring::Ticketer::new()?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(32 * 1024);
     Ok(Arc::new(config))
 }
 
