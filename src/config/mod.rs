@@ -542,8 +542,6 @@ impl Source<'_> {
     }
 
     fn tls(&self, raw: &RawTls) -> Result<Tls, ConfigError> {
-        let base = self.file.parent().unwrap_or(Path::new(""));
-        let _ = base;
         Ok(Tls {
             cert: self.locate(&raw.cert, "tls.cert".to_owned())?,
             key: self.locate(&raw.key, "tls.key".to_owned())?,
