@@ -452,6 +452,9 @@ struct Half<'a, R, W> {
     /// Sluice has forwarded or sent a Close to `dst`.
     closed_dst: bool,
     bucket: Option<(MessageBucket, OnMessageRate)>,
+    /// The sender can signal readiness, so an idle direction gives its
+    /// buffer back (fixed for the stream's life; asked once).
+    waits_without_buffer: bool,
 }
 
 impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
@@ -488,6 +491,7 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
             message_len: 0,
             closed_dst: false,
             bucket,
+            waits_without_buffer: lock(src).has_readiness(),
         }
     }
 
@@ -546,7 +550,6 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
     /// toward our receiver that can be honoured now (at a frame boundary).
     async fn next_input(&mut self, ctl: &Control) -> Input {
         let receiver = self.dir.receiver() as usize;
-        let waits_without_buffer = lock(self.src).has_readiness();
         loop {
             let close_now = || {
                 let code = ctl.close_request[receiver].load(Ordering::Acquire);
@@ -576,7 +579,7 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
                     Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(rb.filled().len()))),
                     Poll::Ready(Err(_)) => Poll::Ready(Some(Ok(0))),
                     // Spurious readiness: give the buffer back and wait again.
-                    Poll::Pending if waits_without_buffer && held == 0 => Poll::Ready(None),
+                    Poll::Pending if self.waits_without_buffer && held == 0 => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
                 }
             })
@@ -848,7 +851,7 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
     async fn send_close(&mut self, code: u16, reason: &str, ctl: &Control, policy: &Policy) {
         let mut out = [0u8; frame::CLOSE_FRAME_MAX];
         let mask = match self.dir.receiver() {
-            Side::Backend => Some(mask_key()),
+            Side::Backend => Some(frame::random_bytes()),
             Side::Client => None,
         };
         let n = frame::encode_close(code, reason, mask, &mut out);
@@ -928,14 +931,4 @@ fn check_close(h: &Header, wire: &[u8]) -> Result<(), frame::CloseError> {
         frame::apply_mask(payload, mask, 0);
     }
     frame::check_close_payload(payload).map(|_| ())
-}
-
-/// A masking key for the Close frames sluice sends to backends. RFC 6455 §5.3
-/// asks for unpredictable keys; std's randomly seeded hasher gives that
-/// without another dependency.
-fn mask_key() -> [u8; 4] {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
-    (h.finish() as u32).to_ne_bytes()
 }

@@ -129,10 +129,10 @@ async fn handshake(
     // (subprotocols, extensions, cookies, authorization) plus our own.
     let backend_key = match &key {
         Some(k) => k.clone(),
-        None => {
-            HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(random_16()))
-                .expect("base64 is a valid header value")
-        }
+        None => HeaderValue::from_str(
+            &base64::engine::general_purpose::STANDARD.encode(crate::frame::random_bytes::<16>()),
+        )
+        .expect("base64 is a valid header value"),
     };
     let mut out = Request::builder()
         .method(Method::GET)
@@ -430,18 +430,6 @@ fn strip_deflate_offer(h: &mut HeaderMap) {
             h.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
         }
     }
-}
-
-fn random_16() -> [u8; 16] {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = [0u8; 16];
-    for chunk in out.chunks_mut(8) {
-        let v = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        chunk.copy_from_slice(&v.to_ne_bytes());
-    }
-    out
 }
 
 /// The life of an open tunnel: unwrap both upgraded streams to the raw
