@@ -91,6 +91,13 @@ impl Direction {
     }
 }
 
+fn other(side: Side) -> Side {
+    match side {
+        Side::Client => Side::Backend,
+        Side::Backend => Side::Client,
+    }
+}
+
 impl fmt::Display for Side {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -250,6 +257,11 @@ struct Control {
     start: Instant,
     /// Milliseconds since `start` when a byte last arrived from either side.
     last_activity: AtomicU64,
+    /// Per receiver (client, backend): 1 + milliseconds since `start` when a
+    /// write toward it started waiting for the peer to take bytes; 0 while
+    /// writes go through. The watchdog ends a tunnel whose writes stall for
+    /// `idle_timeout`, so a write needs no timer of its own.
+    write_blocked: [AtomicU64; 2],
     /// Close code requested toward (client, backend); 0 = none.
     close_request: [AtomicU16; 2],
     /// Close code sluice sent to (client, backend).
@@ -267,6 +279,7 @@ impl Control {
         Control {
             start: Instant::now(),
             last_activity: AtomicU64::new(0),
+            write_blocked: [AtomicU64::new(0), AtomicU64::new(0)],
             close_request: [AtomicU16::new(0), AtomicU16::new(0)],
             sent_close: [AtomicU16::new(0), AtomicU16::new(0)],
             saw_close: [AtomicBool::new(false), AtomicBool::new(false)],
@@ -277,9 +290,31 @@ impl Control {
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
     fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_activity.store(ms, Ordering::Relaxed);
+        self.last_activity.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// When the watchdog must look next: the idle deadline, or earlier if a
+    /// write is blocked. Also says whether a write has been stalled too long.
+    fn next_deadline(&self, idle: Duration) -> (Instant, Option<Side>) {
+        let last = self.last_activity.load(Ordering::Relaxed);
+        let mut deadline = self.start + Duration::from_millis(last) + idle;
+        for side in [Side::Client, Side::Backend] {
+            let since = self.write_blocked[side as usize].load(Ordering::Relaxed);
+            if since == 0 {
+                continue;
+            }
+            let stalled_until = self.start + Duration::from_millis(since - 1) + idle;
+            if Instant::now() >= stalled_until {
+                return (stalled_until, Some(side));
+            }
+            deadline = deadline.min(stalled_until);
+        }
+        (deadline, None)
     }
 
     /// Asks the direction that writes to `side` to send it Close `code`.
@@ -307,36 +342,90 @@ impl Control {
 /// `client_pre` / `backend_pre` are bytes hyper read past the handshake; they
 /// are scanned like any other bytes. `shutdown` turning true drains the
 /// tunnel: Close 1001 to both sides at their next frame boundary.
-pub async fn run<C: Peer, B: Peer>(
+///
+/// Not an `async fn`: an idle tunnel is mostly this future, and an `async fn`
+/// keeps its arguments in the future for its whole life even after moving
+/// them elsewhere. Here the state is built first and the future borrows it.
+pub fn run<C: Peer, B: Peer>(
     client: C,
     client_pre: Bytes,
     backend: B,
     backend_pre: Bytes,
     policy: Policy,
-    mut shutdown: watch::Receiver<bool>,
-) -> Report {
+    shutdown: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = Report> + Send {
     let ctl = Control::new();
     // Both halves of a stream are used from this one task, so the lock is
     // never contended; it only lets two `&mut` users take turns.
     let client = Mutex::new(client);
     let backend = Mutex::new(backend);
+    let client_pre = Pending::from(client_pre);
+    let backend_pre = Pending::from(backend_pre);
+    async move {
+        let mut shutdown = shutdown;
+        tunnel(
+            &ctl,
+            &client,
+            client_pre,
+            &backend,
+            backend_pre,
+            &policy,
+            &mut shutdown,
+        )
+        .await
+    }
+}
+
+/// Bytes read before the relay started, in a read buffer of their own.
+struct Pending {
+    buf: Option<Box<[u8]>>,
+    len: usize,
+}
+
+impl From<Bytes> for Pending {
+    fn from(pre: Bytes) -> Pending {
+        let buf = (!pre.is_empty()).then(|| {
+            let mut buf = if pre.len() <= BUF_LEN {
+                pool::take()
+            } else {
+                vec![0u8; pre.len()].into_boxed_slice()
+            };
+            buf[..pre.len()].copy_from_slice(&pre);
+            buf
+        });
+        Pending {
+            buf,
+            len: pre.len(),
+        }
+    }
+}
+
+async fn tunnel<C: Peer, B: Peer>(
+    ctl: &Control,
+    client: &Mutex<C>,
+    client_pre: Pending,
+    backend: &Mutex<B>,
+    backend_pre: Pending,
+    policy: &Policy,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Report {
     let mut upstream = Half::new(
         Direction::ClientToBackend,
-        &client,
-        &backend,
+        client,
+        backend,
         client_pre,
-        &policy,
+        policy,
     );
     let mut downstream = Half::new(
         Direction::BackendToClient,
-        &backend,
-        &client,
+        backend,
+        client,
         backend_pre,
-        &policy,
+        policy,
     );
 
     let relay = async {
-        tokio::join!(upstream.run(&ctl, &policy), downstream.run(&ctl, &policy));
+        tokio::join!(upstream.run(ctl, policy), downstream.run(ctl, policy));
     };
     let watchdog = async {
         let idle = policy.idle_timeout;
@@ -348,22 +437,30 @@ pub async fn run<C: Peer, B: Peer>(
             }
         });
         tokio::pin!(winding_down);
+        // One timer for the tunnel's whole life, moved rather than remade: an
+        // idle tunnel is mostly this future, and it is kept small.
+        let timer = sleep_until(ctl.next_deadline(idle).0);
+        tokio::pin!(timer);
         let mut draining = false;
-        loop {
-            let last = Duration::from_millis(ctl.last_activity.load(Ordering::Relaxed));
-            let deadline = ctl.start + last + idle;
+        let linger = loop {
             tokio::select! {
-                _ = sleep_until(deadline) => {
-                    let last = Duration::from_millis(ctl.last_activity.load(Ordering::Relaxed));
-                    if ctl.start.elapsed() >= last + idle {
+                _ = &mut timer => {
+                    let (deadline, stalled) = ctl.next_deadline(idle);
+                    if let Some(toward) = stalled {
+                        // The direction writing toward `toward` is stuck in
+                        // its write; the other tells the sender goodbye.
+                        ctl.end(Ending::WriteStalled { toward });
+                        ctl.request_close(other(toward), 1001);
+                        break LINGER * 2;
+                    }
+                    if Instant::now() >= deadline {
                         ctl.end(Ending::Idle);
                         ctl.request_close(Side::Client, 1001);
                         ctl.request_close(Side::Backend, 1001);
-                        tokio::task::yield_now().await;
                         // An idle peer may sit mid-frame forever; do not wait for it.
-                        sleep(LINGER * 2).await;
-                        return;
+                        break LINGER * 2;
                     }
+                    timer.as_mut().reset(deadline);
                 }
                 changed = shutdown.changed(), if !draining => {
                     if changed.is_err() || *shutdown.borrow() {
@@ -375,12 +472,13 @@ pub async fn run<C: Peer, B: Peer>(
                         // From here the daemon's shutdown_grace bounds the wait.
                     }
                 }
-                _ = &mut winding_down => {
-                    sleep(LINGER).await;
-                    return;
-                }
+                _ = &mut winding_down => break LINGER,
             }
-        }
+        };
+        // Let both directions see the close requests, then bound the wait.
+        tokio::task::yield_now().await;
+        timer.as_mut().reset(Instant::now() + linger);
+        timer.await;
     };
     tokio::select! {
         _ = relay => {}
@@ -405,15 +503,15 @@ pub async fn run<C: Peer, B: Peer>(
     }
 }
 
-/// What processing one buffer asks the loop to do next.
-enum Step {
-    /// Everything processable was forwarded; read more.
+/// What scanning a buffer asks the loop to do next.
+enum Scan {
+    /// Everything checkable was checked; read more.
     Read,
+    /// The message rate says wait this long before the next data frame.
+    Throttle(Duration),
     /// A close was requested for our receiver and we are at a frame boundary.
     InjectClose(u16),
     Violation(Violation),
-    /// Our receiver stopped taking bytes (error or stall); already recorded.
-    WriteFailed,
 }
 
 /// What waiting on the sender produced.
@@ -455,6 +553,40 @@ struct Half<'a, R, W> {
     /// The sender can signal readiness, so an idle direction gives its
     /// buffer back (fixed for the stream's life; asked once).
     waits_without_buffer: bool,
+    phase: Phase,
+}
+
+/// Where a direction is in its relay loop. The loop is a hand-written poll
+/// function over this, not an `async fn`: an idle tunnel's memory is mostly
+/// its future, and this keeps each direction's part to a few words.
+enum Phase {
+    /// Waiting for the sender; `buf[..held]` holds an unprocessed tail.
+    Read,
+    /// Writing the checked bytes `buf[from..to]` to the receiver; `buf[to..len]`
+    /// is not processed yet, and `then` says what comes after the write.
+    Write {
+        from: usize,
+        to: usize,
+        len: usize,
+        then: Scan,
+    },
+    /// The message rate said wait; then scan `buf[start..len]` again.
+    Throttle {
+        sleep: Pin<Box<tokio::time::Sleep>>,
+        start: usize,
+        len: usize,
+    },
+}
+
+/// Why a direction's relay loop stopped.
+enum End {
+    /// The sender closed or reset its stream.
+    SourceEnded,
+    /// A close toward our receiver was requested and is due now.
+    Close(u16),
+    Violation(Violation),
+    /// Our receiver stopped taking bytes; already recorded.
+    WriteFailed,
 }
 
 impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
@@ -462,18 +594,9 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
         dir: Direction,
         src: &'a Mutex<R>,
         dst: &'a Mutex<W>,
-        pre: Bytes,
+        pre: Pending,
         policy: &Policy,
     ) -> Self {
-        let buf = (!pre.is_empty()).then(|| {
-            let mut buf = if pre.len() <= BUF_LEN {
-                pool::take()
-            } else {
-                vec![0u8; pre.len()].into_boxed_slice()
-            };
-            buf[..pre.len()].copy_from_slice(&pre);
-            buf
-        });
         let bucket = match (dir, policy.message_rate) {
             (Direction::ClientToBackend, Some((rate, burst, mode))) => {
                 Some((MessageBucket::new(rate, burst), mode))
@@ -484,19 +607,44 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
             dir,
             src,
             dst,
-            held: pre.len(),
-            buf,
+            held: pre.len,
+            buf: pre.buf,
             remaining: 0,
             in_message: false,
             message_len: 0,
             closed_dst: false,
             bucket,
             waits_without_buffer: lock(src).has_readiness(),
+            phase: Phase::Read,
         }
     }
 
     async fn run(&mut self, ctl: &Control, policy: &Policy) {
-        self.relay(ctl, policy).await;
+        // Bytes hyper handed over are processed before the first read.
+        let held = std::mem::take(&mut self.held);
+        if held > 0 {
+            self.phase = self.scanned(0, held, ctl, policy);
+        }
+        let end = std::future::poll_fn(|cx| self.poll_relay(cx, ctl, policy)).await;
+        // The endings are rare and their futures large: boxed, they cost a
+        // running tunnel nothing.
+        match end {
+            End::SourceEnded => Box::pin(self.source_ended(ctl, policy)).await,
+            End::Close(code) => {
+                Box::pin(self.close_and_linger(code, close_reason(code), ctl, policy)).await
+            }
+            End::Violation(v) => {
+                ctl.end(Ending::Violation {
+                    by: self.dir.sender(),
+                    violation: v,
+                });
+                ctl.request_close(self.dir.sender(), v.close_code());
+                tokio::task::yield_now().await;
+                Box::pin(self.close_and_linger(1001, "going away", ctl, policy)).await
+            }
+            End::WriteFailed => {}
+        }
+        self.phase = Phase::Read;
         if let Some(buf) = self.buf.take() {
             pool::give(buf);
         }
@@ -505,171 +653,194 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
         tokio::task::yield_now().await;
     }
 
-    async fn relay(&mut self, ctl: &Control, policy: &Policy) {
-        // Bytes hyper handed over are processed before the first read.
-        let mut len = std::mem::take(&mut self.held);
+    /// Read, check, forward, until the direction ends.
+    fn poll_relay(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        ctl: &Control,
+        policy: &Policy,
+    ) -> Poll<End> {
         loop {
-            if len > 0 {
-                match self.process(len, ctl, policy).await {
-                    Step::Read => {}
-                    Step::InjectClose(code) => {
-                        return self
-                            .close_and_linger(code, close_reason(code), ctl, policy)
-                            .await
+            match &mut self.phase {
+                Phase::Read => match std::task::ready!(self.poll_input(cx, ctl)) {
+                    Input::Data(n) => {
+                        ctl.touch();
+                        ctl.bytes[self.dir.index()].fetch_add(n as u64, Ordering::Relaxed);
+                        let len = std::mem::take(&mut self.held) + n;
+                        self.phase = self.scanned(0, len, ctl, policy);
                     }
-                    Step::Violation(v) => {
-                        ctl.end(Ending::Violation {
-                            by: self.dir.sender(),
-                            violation: v,
-                        });
-                        ctl.request_close(self.dir.sender(), v.close_code());
-                        tokio::task::yield_now().await;
-                        return self.close_and_linger(1001, "going away", ctl, policy).await;
+                    Input::Ended => return Poll::Ready(End::SourceEnded),
+                    Input::CloseRequested(code) => return Poll::Ready(End::Close(code)),
+                },
+                Phase::Write { from, to, .. } => {
+                    if *from < *to {
+                        let buf = self.buf.as_ref().expect("writes come from a held buffer");
+                        let blocked = &ctl.write_blocked[self.dir.receiver() as usize];
+                        match poll_write_all(self.dst, buf, from, *to, cx) {
+                            Poll::Pending => {
+                                // The watchdog ends a write stalled for idle_timeout.
+                                if blocked.load(Ordering::Relaxed) == 0 {
+                                    blocked.store(ctl.now_ms() + 1, Ordering::Relaxed);
+                                }
+                                return Poll::Pending;
+                            }
+                            Poll::Ready(result) => {
+                                blocked.store(0, Ordering::Relaxed);
+                                if result.is_err() {
+                                    ctl.end(Ending::Vanished(self.dir.receiver()));
+                                    ctl.request_close(self.dir.sender(), 1001);
+                                    return Poll::Ready(End::WriteFailed);
+                                }
+                            }
+                        }
                     }
-                    Step::WriteFailed => return,
+                    let Phase::Write { to, len, then, .. } =
+                        std::mem::replace(&mut self.phase, Phase::Read)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    match then {
+                        Scan::Read => {
+                            // Keep the unprocessed tail (an incomplete header
+                            // or Close frame) for the next read to complete.
+                            if to < len {
+                                let buf = self.buf.as_mut().expect("held buffer");
+                                buf.copy_within(to..len, 0);
+                                self.held = len - to;
+                            }
+                        }
+                        Scan::Throttle(wait) => {
+                            // Stop reading so TCP pushes back on the client,
+                            // then look at the same frame again.
+                            self.phase = Phase::Throttle {
+                                sleep: Box::pin(sleep(wait)),
+                                start: to,
+                                len,
+                            };
+                        }
+                        Scan::InjectClose(code) => return Poll::Ready(End::Close(code)),
+                        Scan::Violation(v) => return Poll::Ready(End::Violation(v)),
+                    }
+                }
+                Phase::Throttle { sleep, start, len } => {
+                    std::task::ready!(std::future::Future::poll(sleep.as_mut(), cx));
+                    let (start, len) = (*start, *len);
+                    self.phase = self.scanned(start, len, ctl, policy);
                 }
             }
-            match self.next_input(ctl).await {
-                Input::Data(n) => {
-                    ctl.touch();
-                    ctl.bytes[self.dir.index()].fetch_add(n as u64, Ordering::Relaxed);
-                    len = std::mem::take(&mut self.held) + n;
-                }
-                Input::Ended => return self.source_ended(ctl, policy).await,
-                Input::CloseRequested(code) => {
-                    return self
-                        .close_and_linger(code, close_reason(code), ctl, policy)
-                        .await
-                }
-            }
+        }
+    }
+
+    /// Scans `buf[start..len]`; the checked part is written next.
+    fn scanned(&mut self, start: usize, len: usize, ctl: &Control, policy: &Policy) -> Phase {
+        let (pos, then) = self.scan(start, len, ctl, policy);
+        Phase::Write {
+            from: start,
+            to: pos,
+            len,
+            then,
         }
     }
 
     /// Waits for the sender to say something, holding no buffer while it is
     /// silent (when the stream can signal readiness), or for a close request
     /// toward our receiver that can be honoured now (at a frame boundary).
-    async fn next_input(&mut self, ctl: &Control) -> Input {
+    fn poll_input(&mut self, cx: &mut std::task::Context<'_>, ctl: &Control) -> Poll<Input> {
         let receiver = self.dir.receiver() as usize;
         loop {
-            let close_now = || {
-                let code = ctl.close_request[receiver].load(Ordering::Acquire);
-                (code != 0 && self.remaining == 0).then_some(code)
-            };
+            let code = ctl.close_request[receiver].load(Ordering::Acquire);
+            if code != 0 && self.remaining == 0 {
+                return Poll::Ready(Input::CloseRequested(code));
+            }
             if self.buf.is_none() {
-                let ready = std::future::poll_fn(|cx| {
-                    if let Some(code) = close_now() {
-                        return Poll::Ready(Err(code));
-                    }
-                    lock(self.src).poll_read_ready(cx).map(|_| Ok(()))
-                })
-                .await;
-                if let Err(code) = ready {
-                    return Input::CloseRequested(code);
-                }
+                // An error shows up in the read that follows.
+                let _ = std::task::ready!(lock(self.src).poll_read_ready(cx));
                 self.buf = Some(pool::take());
             }
             let held = self.held;
             let buf = self.buf.as_mut().expect("taken above");
-            let read = std::future::poll_fn(|cx| {
-                if let Some(code) = close_now() {
-                    return Poll::Ready(Some(Err(code)));
-                }
-                let mut rb = ReadBuf::new(&mut buf[held..]);
-                match Pin::new(&mut *lock(self.src)).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(rb.filled().len()))),
-                    Poll::Ready(Err(_)) => Poll::Ready(Some(Ok(0))),
-                    // Spurious readiness: give the buffer back and wait again.
-                    Poll::Pending if self.waits_without_buffer && held == 0 => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-            .await;
-            match read {
-                Some(Ok(0)) => return Input::Ended,
-                Some(Ok(n)) => return Input::Data(n),
-                Some(Err(code)) => return Input::CloseRequested(code),
-                None => {
+            let mut rb = ReadBuf::new(&mut buf[held..]);
+            match Pin::new(&mut *lock(self.src)).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Input::Ended),
+                Poll::Ready(Ok(())) => return Poll::Ready(Input::Data(rb.filled().len())),
+                Poll::Ready(Err(_)) => return Poll::Ready(Input::Ended),
+                // Spurious readiness: give the buffer back and wait again.
+                Poll::Pending if self.waits_without_buffer && held == 0 => {
                     if let Some(buf) = self.buf.take() {
                         pool::give(buf);
                     }
                 }
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
 
-    /// Scans `buf[..len]`, forwarding whole checked frames and payload
-    /// pieces, and keeps an incomplete header or Close frame in `buf[..held]`.
-    async fn process(&mut self, len: usize, ctl: &Control, policy: &Policy) -> Step {
+    /// Scans `buf[start..len]` and returns how far the bytes are checked and
+    /// may be forwarded (`start..pos`), and what to do next. Whole checked
+    /// frames and payload pieces pass; at `pos` there is an incomplete header
+    /// or Close frame, a frame that broke a rule, or a frame that must wait
+    /// for the message rate.
+    fn scan(&mut self, start: usize, len: usize, ctl: &Control, policy: &Policy) -> (usize, Scan) {
+        let buf = self.buf.take().expect("scan runs on a held buffer");
+        let result = self.scan_in(&buf[..len], start, ctl, policy);
+        self.buf = Some(buf);
+        result
+    }
+
+    fn scan_in(
+        &mut self,
+        buf: &[u8],
+        start: usize,
+        ctl: &Control,
+        policy: &Policy,
+    ) -> (usize, Scan) {
         let receiver = self.dir.receiver() as usize;
-        let mut pos = 0;
-        let mut out = 0;
-        let step = loop {
+        let len = buf.len();
+        let mut pos = start;
+        loop {
             if self.remaining > 0 {
                 let take = self.remaining.min((len - pos) as u64);
                 pos += take as usize;
                 self.remaining -= take;
                 if self.remaining > 0 {
-                    break Step::Read;
+                    return (pos, Scan::Read);
                 }
             }
             // At a frame boundary of the stream toward `dst`.
             let code = ctl.close_request[receiver].load(Ordering::Acquire);
             if code != 0 {
-                break Step::InjectClose(code);
+                return (pos, Scan::InjectClose(code));
             }
             if pos == len {
-                break Step::Read;
+                return (pos, Scan::Read);
             }
-            let buf = self.buf.as_ref().expect("process runs on a held buffer");
             let header = match frame::parse_header(&buf[pos..len]) {
-                Err(e) => break Step::Violation(e.into()),
-                Ok(None) => break Step::Read,
+                Err(e) => return (pos, Scan::Violation(e.into())),
+                Ok(None) => return (pos, Scan::Read),
                 Ok(Some(h)) => h,
             };
             if let Err(v) = self.check(&header, policy) {
-                break Step::Violation(v);
+                return (pos, Scan::Violation(v));
             }
             if header.opcode == frame::opcode::CLOSE {
                 let total = usize::from(header.header_len) + header.payload_len as usize;
                 if len - pos < total {
-                    break Step::Read;
+                    return (pos, Scan::Read);
                 }
                 if let Err(e) = check_close(&header, &buf[pos..pos + total]) {
-                    break Step::Violation(Violation::BadClose(e));
+                    return (pos, Scan::Violation(Violation::BadClose(e)));
                 }
                 ctl.saw_close[self.dir.index()].store(true, Ordering::Release);
                 self.closed_dst = true;
             }
             if header.is_data() {
-                loop {
-                    let verdict = match &mut self.bucket {
-                        Some((bucket, mode)) => bucket
-                            .take(std::time::Instant::now())
-                            .map_err(|wait| (wait, *mode)),
-                        None => Ok(()),
-                    };
-                    match verdict {
-                        Ok(()) => break,
-                        Err((_, OnMessageRate::Close)) => {
-                            return self
-                                .finish_violation(
-                                    out,
-                                    pos,
-                                    Violation::MessageRateExceeded,
-                                    policy,
-                                    ctl,
-                                )
-                                .await;
-                        }
-                        Err((wait, OnMessageRate::Throttle)) => {
-                            // Throttle: forward what is checked, then stop
-                            // reading so TCP pushes back on the client.
-                            if !self.forward(out, pos, policy, ctl).await {
-                                return Step::WriteFailed;
-                            }
-                            out = pos;
-                            sleep(wait).await;
-                        }
+                if let Some((bucket, mode)) = &mut self.bucket {
+                    if let Err(wait) = bucket.take(std::time::Instant::now()) {
+                        let step = match mode {
+                            OnMessageRate::Close => Scan::Violation(Violation::MessageRateExceeded),
+                            OnMessageRate::Throttle => Scan::Throttle(wait),
+                        };
+                        return (pos, step);
                     }
                 }
             }
@@ -677,38 +848,7 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
             ctl.frames[self.dir.index()].fetch_add(1, Ordering::Relaxed);
             pos += usize::from(header.header_len);
             self.remaining = header.payload_len;
-        };
-        if let Step::Violation(v) = step {
-            return self.finish_violation(out, pos, v, policy, ctl).await;
         }
-        if !self.forward(out, pos, policy, ctl).await {
-            return Step::WriteFailed;
-        }
-        // Keep the unprocessed tail (an incomplete header or Close frame).
-        if matches!(step, Step::Read) && pos < len {
-            let buf = self.buf.as_mut().expect("process runs on a held buffer");
-            buf.copy_within(pos..len, 0);
-            self.held = len - pos;
-        } else {
-            self.held = 0;
-        }
-        step
-    }
-
-    async fn finish_violation(
-        &mut self,
-        out: usize,
-        pos: usize,
-        v: Violation,
-        policy: &Policy,
-        ctl: &Control,
-    ) -> Step {
-        // Everything before the offending header was valid and goes on.
-        if !self.forward(out, pos, policy, ctl).await {
-            return Step::WriteFailed;
-        }
-        self.held = 0;
-        Step::Violation(v)
     }
 
     /// RFC 6455 §5 rules for one header, checked before any byte of it moves.
@@ -782,30 +922,6 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
         self.in_message = !h.fin;
     }
 
-    /// Writes `buf[from..to]` to `dst`. A write that makes no progress for
-    /// `idle_timeout` counts as idle (contract) and ends the tunnel.
-    async fn forward(&mut self, from: usize, to: usize, policy: &Policy, ctl: &Control) -> bool {
-        if from == to {
-            return true;
-        }
-        let buf = self.buf.as_ref().expect("forward runs on a held buffer");
-        match timeout(policy.idle_timeout, write_all(self.dst, &buf[from..to])).await {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => {
-                ctl.end(Ending::Vanished(self.dir.receiver()));
-                ctl.request_close(self.dir.sender(), 1001);
-                false
-            }
-            Err(_) => {
-                ctl.end(Ending::WriteStalled {
-                    toward: self.dir.receiver(),
-                });
-                ctl.request_close(self.dir.sender(), 1001);
-                false
-            }
-        }
-    }
-
     /// The sender closed or reset its stream.
     async fn source_ended(&mut self, ctl: &Control, policy: &Policy) {
         if ctl.saw_close[self.dir.index()].load(Ordering::Acquire) {
@@ -858,7 +974,7 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
         self.closed_dst = true;
         if let Ok(Ok(())) = timeout(
             policy.idle_timeout.min(LINGER),
-            write_all(self.dst, &out[..n]),
+            write_all(self.dst, &out[..n], || {}),
         )
         .await
         {
@@ -868,15 +984,52 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
 }
 
 /// `write_all` + `flush` on a shared stream, locking it for each poll only.
-async fn write_all<W: AsyncWrite + Unpin>(dst: &Mutex<W>, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        let n = std::future::poll_fn(|cx| Pin::new(&mut *lock(dst)).poll_write(cx, bytes)).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+/// `on_block` runs each time the stream cannot take bytes yet. One
+/// `poll_fn`, so the future is a handful of pointers.
+async fn write_all<W: AsyncWrite + Unpin>(
+    dst: &Mutex<W>,
+    mut bytes: &[u8],
+    on_block: impl Fn(),
+) -> io::Result<()> {
+    std::future::poll_fn(|cx| {
+        let mut dst = lock(dst);
+        while !bytes.is_empty() {
+            match Pin::new(&mut *dst).poll_write(cx, bytes) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => bytes = &bytes[n..],
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    on_block();
+                    return Poll::Pending;
+                }
+            }
         }
-        bytes = &bytes[n..];
+        let flushed = Pin::new(&mut *dst).poll_flush(cx);
+        if flushed.is_pending() {
+            on_block();
+        }
+        flushed
+    })
+    .await
+}
+
+/// Writes `buf[*from..to]` and flushes, advancing `from` as bytes go.
+fn poll_write_all<W: AsyncWrite + Unpin>(
+    dst: &Mutex<W>,
+    buf: &[u8],
+    from: &mut usize,
+    to: usize,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<io::Result<()>> {
+    let mut dst = lock(dst);
+    while *from < to {
+        match std::task::ready!(Pin::new(&mut *dst).poll_write(cx, &buf[*from..to])) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => *from += n,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
     }
-    std::future::poll_fn(|cx| Pin::new(&mut *lock(dst)).poll_flush(cx)).await
+    Pin::new(&mut *dst).poll_flush(cx)
 }
 
 async fn shutdown<W: AsyncWrite + Unpin>(dst: &Mutex<W>) -> io::Result<()> {

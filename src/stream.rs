@@ -134,3 +134,68 @@ impl Peer for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {
         false
     }
 }
+
+/// A stream as the relay gets it after an upgrade: the connection itself
+/// (plain or TLS), or one h2 stream of a connection (RFC 8441). One type for
+/// both keeps the relay to a single instance per side.
+#[derive(Debug)]
+pub enum Tunneled<S> {
+    Socket(S),
+    H2(hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>),
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tunneled<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Tunneled::Socket(s) => Pin::new(s).poll_read(cx, buf),
+            Tunneled::H2(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tunneled<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Tunneled::Socket(s) => Pin::new(s).poll_write(cx, buf),
+            Tunneled::H2(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Tunneled::Socket(s) => Pin::new(s).poll_flush(cx),
+            Tunneled::H2(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Tunneled::Socket(s) => Pin::new(s).poll_shutdown(cx),
+            Tunneled::H2(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl<S: Peer> Peer for Tunneled<S> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Tunneled::Socket(s) => s.poll_read_ready(cx),
+            Tunneled::H2(s) => s.poll_read_ready(cx),
+        }
+    }
+
+    fn has_readiness(&self) -> bool {
+        match self {
+            Tunneled::Socket(s) => s.has_readiness(),
+            Tunneled::H2(s) => s.has_readiness(),
+        }
+    }
+}

@@ -11,7 +11,6 @@
 //! WebSocket over h2 (RFC 8441 extended CONNECT) takes the same path and
 //! becomes an HTTP/1.1 upgrade toward the backend with a fresh key.
 
-use crate::stream::Peer;
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -29,7 +28,7 @@ use crate::policy::origin;
 use crate::proxy::{Body, ConnCtx, ProxyError};
 use crate::relay::{self, RSV1};
 use crate::route::Picked;
-use crate::stream::{BackendStream, ClientStream};
+use crate::stream::{BackendStream, ClientStream, Tunneled};
 
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -254,7 +253,16 @@ async fn handshake(
             })
             .clone();
         open.inc();
-        let report = tunnel(client_io, backend_io, tunnel_policy, shutdown).await;
+        let (client, client_pre, backend, backend_pre) = unwrap_streams(client_io, backend_io);
+        let report = relay::run(
+            client,
+            client_pre,
+            backend,
+            backend_pre,
+            tunnel_policy,
+            shutdown,
+        )
+        .await;
         open.dec();
         drop(guard);
         log.record(&report, &shared.metrics);
@@ -432,76 +440,31 @@ fn strip_deflate_offer(h: &mut HeaderMap) {
     }
 }
 
-/// The life of an open tunnel: unwrap both upgraded streams to the raw
-/// sockets (dropping hyper's buffers, after taking the bytes they hold) and
-/// relay.
-async fn tunnel(
+/// Unwraps both upgraded streams to the raw sockets, dropping hyper's
+/// buffers after taking the bytes they hold, which the relay scans first.
+/// Synchronous on purpose: the tunnel's task then holds only the relay.
+fn unwrap_streams(
     client: Upgraded,
     backend: Upgraded,
-    policy: relay::Policy,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> relay::Report {
-    match backend.downcast::<TokioIo<BackendStream>>() {
-        Ok(parts) => {
-            with_client(
-                client,
-                parts.io.into_inner(),
-                parts.read_buf,
-                policy,
-                shutdown,
-            )
-            .await
-        }
-        Err(upgraded) => {
-            with_client(
-                client,
-                TokioIo::new(upgraded),
-                Bytes::new(),
-                policy,
-                shutdown,
-            )
-            .await
-        }
-    }
-}
-
-async fn with_client<B>(
-    client: Upgraded,
-    backend: B,
-    backend_pre: Bytes,
-    policy: relay::Policy,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> relay::Report
-where
-    B: Peer,
-{
+) -> (
+    Tunneled<ClientStream>,
+    Bytes,
+    Tunneled<BackendStream>,
+    Bytes,
+) {
+    let (backend, backend_pre) = match backend.downcast::<TokioIo<BackendStream>>() {
+        Ok(parts) => (Tunneled::Socket(parts.io.into_inner()), parts.read_buf),
+        Err(upgraded) => (Tunneled::H2(TokioIo::new(upgraded)), Bytes::new()),
+    };
     // Behind hyper-util's auto builder the IO is wrapped in a private type;
     // its own downcast helper unwraps it (hyper issue #3587).
-    match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<ClientStream>>(client) {
-        Ok(parts) => {
-            relay::run(
-                parts.io.into_inner(),
-                parts.read_buf,
-                backend,
-                backend_pre,
-                policy,
-                shutdown,
-            )
-            .await
-        }
-        // WebSocket over h2: the stream is an h2 stream, relayed as it is.
-        Err(upgraded) => {
-            relay::run(
-                TokioIo::new(upgraded),
-                Bytes::new(),
-                backend,
-                backend_pre,
-                policy,
-                shutdown,
-            )
-            .await
-        }
-    }
+    let (client, client_pre) =
+        match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<ClientStream>>(client) {
+            Ok(parts) => (Tunneled::Socket(parts.io.into_inner()), parts.read_buf),
+            // WebSocket over h2: the stream is an h2 stream, relayed as it is.
+            Err(upgraded) => (Tunneled::H2(TokioIo::new(upgraded)), Bytes::new()),
+        };
+    (client, client_pre, backend, backend_pre)
 }
 
 /// Who a tunnel was for, for its access-log line.
