@@ -34,11 +34,13 @@ pub enum BackendError {
 }
 
 /// Connects to a backend, with TLS when it is an `https://` backend.
+/// `congestion` is `server.tcp_congestion`.
 pub async fn connect(
     backend: &Backend,
     tls: &Arc<ClientConfig>,
+    congestion: Option<&str>,
 ) -> Result<BackendStream, BackendError> {
-    connect_to(&backend.host, backend.port, backend.tls, tls).await
+    connect_to(&backend.host, backend.port, backend.tls, tls, congestion).await
 }
 
 async fn connect_to(
@@ -46,6 +48,7 @@ async fn connect_to(
     port: u16,
     use_tls: bool,
     tls: &Arc<ClientConfig>,
+    congestion: Option<&str>,
 ) -> Result<BackendStream, BackendError> {
     let host_for_dns = host.trim_start_matches('[').trim_end_matches(']');
     let tcp = TcpStream::connect((host_for_dns, port))
@@ -56,6 +59,7 @@ async fn connect_to(
         })?;
     // WebSocket traffic is small messages; Nagle would add latency to each.
     let _ = tcp.set_nodelay(true);
+    crate::socket::set_congestion(&tcp, congestion);
     if !use_tls {
         return Ok(MaybeTls::Plain(tcp));
     }
@@ -78,6 +82,7 @@ impl Connection for BackendStream {
 #[derive(Debug, Clone)]
 pub struct Connector {
     tls: Arc<ClientConfig>,
+    congestion: Option<Arc<str>>,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -91,13 +96,14 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let tls = self.tls.clone();
+        let congestion = self.congestion.clone();
         Box::pin(async move {
             let use_tls = uri.scheme_str() == Some("https");
             let host = uri
                 .host()
                 .ok_or(BackendError::Protocol("backend URI without host"))?;
             let port = uri.port_u16().unwrap_or(if use_tls { 443 } else { 80 });
-            connect_to(host, port, use_tls, &tls)
+            connect_to(host, port, use_tls, &tls, congestion.as_deref())
                 .await
                 .map(TokioIo::new)
         })
@@ -113,7 +119,7 @@ pub type RequestBody =
     http_body_util::Either<hyper::body::Incoming, http_body_util::Empty<bytes::Bytes>>;
 
 /// Pooled HTTP/2 client for `h2://` (TLS, ALPN h2) and `h2c://` backends.
-pub fn http2_client(tls: &Arc<ClientConfig>) -> HttpClient {
+pub fn http2_client(tls: &Arc<ClientConfig>, congestion: Option<Arc<str>>) -> HttpClient {
     let mut h2_tls = (**tls).clone();
     h2_tls.alpn_protocols = vec![b"h2".to_vec()];
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -124,15 +130,16 @@ pub fn http2_client(tls: &Arc<ClientConfig>) -> HttpClient {
         .set_host(false)
         .build(Connector {
             tls: Arc::new(h2_tls),
+            congestion,
         })
 }
 
-pub fn http_client(tls: Arc<ClientConfig>) -> HttpClient {
+pub fn http_client(tls: Arc<ClientConfig>, congestion: Option<Arc<str>>) -> HttpClient {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .pool_timer(hyper_util::rt::TokioTimer::new())
         // The client's own Host is forwarded, as HAProxy does; backends that
         // route virtual hosts need it.
         .set_host(false)
-        .build(Connector { tls })
+        .build(Connector { tls, congestion })
 }

@@ -42,6 +42,7 @@ pub mod relay;
 pub mod route;
 pub mod server;
 pub mod shared;
+pub mod socket;
 pub mod stream;
 pub mod tls;
 pub mod upgrade;

@@ -44,6 +44,8 @@ pub struct Pool {
     members: Vec<Member>,
     /// TLS toward this route's `https://` backends.
     tls: Arc<rustls::ClientConfig>,
+    /// `server.tcp_congestion`, set on every socket toward a backend.
+    congestion: Option<Arc<str>>,
     /// Keep-alive connections for plain HTTP requests on this route.
     http: crate::backend::HttpClient,
     /// The same over HTTP/2, for `h2://` and `h2c://` backends.
@@ -97,11 +99,17 @@ impl Drop for Lease {
 }
 
 impl Pool {
-    pub fn new(route: &Route, tls: Arc<rustls::ClientConfig>) -> Pool {
+    /// `congestion` is `server.tcp_congestion`, for every backend socket.
+    pub fn new(
+        route: &Route,
+        tls: Arc<rustls::ClientConfig>,
+        congestion: Option<Arc<str>>,
+    ) -> Pool {
         Pool {
-            http: crate::backend::http_client(tls.clone()),
-            http2: crate::backend::http2_client(&tls),
+            http: crate::backend::http_client(tls.clone(), congestion.clone()),
+            http2: crate::backend::http2_client(&tls, congestion.clone()),
             tls,
+            congestion,
             members: route
                 .backends
                 .iter()
@@ -123,6 +131,10 @@ impl Pool {
 
     pub fn tls(&self) -> &Arc<rustls::ClientConfig> {
         &self.tls
+    }
+
+    pub fn congestion(&self) -> Option<&str> {
+        self.congestion.as_deref()
     }
 
     /// The client for `backend`: HTTP/2 for `h2://`/`h2c://`, else HTTP/1.1.
@@ -252,7 +264,7 @@ impl Pool {
 /// One health probe: a TCP (or TLS) connect, and with a path a `GET` that
 /// must answer 2xx or 3xx.
 async fn probe(backend: &Backend, path: Option<&str>, tls: &Arc<rustls::ClientConfig>) -> bool {
-    let Ok(mut stream) = crate::backend::connect(backend, tls).await else {
+    let Ok(mut stream) = crate::backend::connect(backend, tls, None).await else {
         return false;
     };
     let Some(path) = path else {
@@ -289,7 +301,7 @@ mod tests {
         );
         let config = Config::parse(&toml, Path::new("t.toml")).unwrap();
         let tls = crate::tls::backend_client_config(&Default::default(), &config.path).unwrap();
-        Arc::new(Pool::new(&config.routes[0], tls))
+        Arc::new(Pool::new(&config.routes[0], tls, None))
     }
 
     #[test]

@@ -40,6 +40,9 @@ use crate::stream::Peer;
 
 /// Bytes read from a socket in one go. 16 KiB holds one full TLS record.
 const BUF_LEN: usize = 16 * 1024;
+/// The read size for a direction whose last read filled its buffer: bulk
+/// transfers then cost a quarter of the system calls per byte.
+const BIG_BUF_LEN: usize = 64 * 1024;
 /// How long sluice keeps reading (and discarding) from a peer after it sent
 /// that peer a Close, so the peer's Close reply and in-flight data do not turn
 /// the TCP close into a reset that could destroy the Close frame in transit.
@@ -386,7 +389,7 @@ impl From<Bytes> for Pending {
     fn from(pre: Bytes) -> Pending {
         let buf = (!pre.is_empty()).then(|| {
             let mut buf = if pre.len() <= BUF_LEN {
-                pool::take()
+                pool::take(BUF_LEN)
             } else {
                 vec![0u8; pre.len()].into_boxed_slice()
             };
@@ -553,6 +556,8 @@ struct Half<'a, R, W> {
     /// The sender can signal readiness, so an idle direction gives its
     /// buffer back (fixed for the stream's life; asked once).
     waits_without_buffer: bool,
+    /// The last read filled the buffer: read with a big one next.
+    busy: bool,
     phase: Phase,
 }
 
@@ -615,6 +620,7 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
             closed_dst: false,
             bucket,
             waits_without_buffer: lock(src).has_readiness(),
+            busy: false,
             phase: Phase::Read,
         }
     }
@@ -755,17 +761,27 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
             if self.buf.is_none() {
                 // An error shows up in the read that follows.
                 let _ = std::task::ready!(lock(self.src).poll_read_ready(cx));
-                self.buf = Some(pool::take());
+                self.buf = Some(pool::take(BUF_LEN));
             }
             let held = self.held;
+            if self.busy && held == 0 && self.buf.as_ref().is_some_and(|b| b.len() < BIG_BUF_LEN) {
+                if let Some(small) = self.buf.replace(pool::take(BIG_BUF_LEN)) {
+                    pool::give(small);
+                }
+            }
             let buf = self.buf.as_mut().expect("taken above");
+            let room = buf.len() - held;
             let mut rb = ReadBuf::new(&mut buf[held..]);
             match Pin::new(&mut *lock(self.src)).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Input::Ended),
-                Poll::Ready(Ok(())) => return Poll::Ready(Input::Data(rb.filled().len())),
+                Poll::Ready(Ok(())) => {
+                    self.busy = rb.filled().len() == room;
+                    return Poll::Ready(Input::Data(rb.filled().len()));
+                }
                 Poll::Ready(Err(_)) => return Poll::Ready(Input::Ended),
                 // Spurious readiness: give the buffer back and wait again.
                 Poll::Pending if self.waits_without_buffer && held == 0 => {
+                    self.busy = false;
                     if let Some(buf) = self.buf.take() {
                         pool::give(buf);
                     }
@@ -944,7 +960,7 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
             self.send_close(code, reason, ctl, policy).await;
         }
         let _ = timeout(LINGER, shutdown(self.dst)).await;
-        let buf = self.buf.get_or_insert_with(pool::take);
+        let buf = self.buf.get_or_insert_with(|| pool::take(BUF_LEN));
         let deadline = Instant::now() + LINGER;
         let src = self.src;
         let drain = async {
@@ -1043,23 +1059,36 @@ async fn shutdown<W: AsyncWrite + Unpin>(dst: &Mutex<W>) -> io::Result<()> {
 mod pool {
     use std::sync::Mutex;
 
-    use super::BUF_LEN;
+    use super::{BIG_BUF_LEN, BUF_LEN};
 
-    /// Spare buffers kept: 256 × 16 KiB = 4 MiB at most.
+    /// Spare buffers kept: 256 × 16 KiB + 32 × 64 KiB = 6 MiB at most.
     const MAX_SPARE: usize = 256;
-    static SPARE: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+    const MAX_SPARE_BIG: usize = 32;
+    type Spares = Mutex<Vec<Box<[u8]>>>;
+    static SPARE: Spares = Mutex::new(Vec::new());
+    static SPARE_BIG: Spares = Mutex::new(Vec::new());
 
-    pub fn take() -> Box<[u8]> {
-        let spare = SPARE.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        spare.unwrap_or_else(|| vec![0u8; BUF_LEN].into_boxed_slice())
+    fn class(len: usize) -> Option<(&'static Spares, usize)> {
+        match len {
+            BUF_LEN => Some((&SPARE, MAX_SPARE)),
+            BIG_BUF_LEN => Some((&SPARE_BIG, MAX_SPARE_BIG)),
+            _ => None,
+        }
+    }
+
+    /// A buffer of `len` bytes, `BUF_LEN` or `BIG_BUF_LEN`.
+    pub fn take(len: usize) -> Box<[u8]> {
+        let spare =
+            class(len).and_then(|(spare, _)| spare.lock().unwrap_or_else(|e| e.into_inner()).pop());
+        spare.unwrap_or_else(|| vec![0u8; len].into_boxed_slice())
     }
 
     pub fn give(buf: Box<[u8]>) {
-        if buf.len() != BUF_LEN {
+        let Some((spare, max)) = class(buf.len()) else {
             return;
-        }
-        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
-        if spare.len() < MAX_SPARE {
+        };
+        let mut spare = spare.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < max {
             spare.push(buf);
         }
     }

@@ -47,7 +47,7 @@ impl Router {
             .enumerate()
             .map(|(index, (route, tls))| RouteEntry {
                 label: label(route),
-                pool: Arc::new(Pool::new(route, tls)),
+                pool: Arc::new(Pool::new(route, tls, config.server.tcp_congestion.clone())),
                 route: Arc::new(route.clone()),
                 index,
             })

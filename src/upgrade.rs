@@ -545,7 +545,7 @@ pub async fn connect_with_retry(
             Err(_) => return Err(ProxyError::Backend(last.expect("a backend was tried"))),
         };
         let started = std::time::Instant::now();
-        match backend::connect(lease.backend(), tls).await {
+        match backend::connect(lease.backend(), tls, pool.congestion()).await {
             Ok(stream) => {
                 histogram.observe(started.elapsed().as_secs_f64());
                 return Ok((lease, stream));

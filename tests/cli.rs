@@ -70,6 +70,7 @@ fn check_rejects_bad_files_with_file_line_and_key() {
         ("unknown key", format!("{base}listn = []\n{route}"), 3, "server.listn"),
         ("wrong type", format!("{base}{route}[route.websocket]\nmax_frame_bytes = \"1MB\"\n"), 6, "max_frame_bytes"),
         ("bad duration", format!("{base}idle_timeout = \"10 parsecs\"\n{route}"), 3, "idle_timeout"),
+        ("unknown congestion control", format!("{base}tcp_congestion = \"warp-drive\"\n{route}"), 3, "server.tcp_congestion"),
         (
             "missing cert",
             format!("[server]\nlisten = [\"127.0.0.1:0\"]\n[tls]\ncert = \"nope.pem\"\nkey = \"key.pem\"\n{route}"),

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -54,6 +55,9 @@ pub struct Server {
     pub shutdown_grace: Duration,
     /// A bare address is stored as /32 or /128.
     pub trusted_proxies: Vec<IpNet>,
+    /// TCP congestion control for sluice's own sockets (client and backend
+    /// side); `None` keeps the system default.
+    pub tcp_congestion: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone)]
@@ -530,6 +534,16 @@ impl Source<'_> {
             })
             .collect::<Result<_, _>>()?;
 
+        let tcp_congestion = raw
+            .tcp_congestion
+            .as_ref()
+            .map(|cc| {
+                crate::socket::check_congestion(cc.get_ref())
+                    .map(|()| Arc::from(cc.get_ref().as_str()))
+                    .map_err(|why| self.err_at(cc, "server.tcp_congestion", why))
+            })
+            .transpose()?;
+
         Ok(Server {
             listen,
             listen_plain,
@@ -538,6 +552,7 @@ impl Source<'_> {
             idle_timeout,
             shutdown_grace,
             trusted_proxies,
+            tcp_congestion,
         })
     }
 

@@ -51,6 +51,7 @@ pub struct RawServer {
     pub idle_timeout: Option<Spanned<HumanDuration>>,
     pub shutdown_grace: Option<Spanned<HumanDuration>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub tcp_congestion: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
