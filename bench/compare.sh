@@ -14,7 +14,8 @@
 #
 # Knobs (environment): ROUNDS ECHO_SECS SAT_SECS BULK_SECS HS_SECS IDLE_N
 # RATE CONNS HS_CONC TARGETS SCENARIOS HS_RESUME=1 MAX_MINUTES OUT SKIP_BUILD=1
-# SKIP_INSTALL=1. The run never exceeds MAX_MINUTES by more than one
+# SKIP_INSTALL=1 SLUICE_TCP_CONGESTION (e.g. reno: sets sluice's
+# server.tcp_congestion; unset = the system default, as every peer runs). The run never exceeds MAX_MINUTES by more than one
 # scenario: rounds that would not fit are skipped, and every client run has
 # a timeout. Everything started here is stopped on exit (trap).
 set -uo pipefail
@@ -42,6 +43,7 @@ TARGETS=${TARGETS:-"direct sluice nginx haproxy caddy"}
 SCENARIOS=${SCENARIOS:-"echo_ws echo_wss sat_ws sat_wss bulk_ws bulk_wss hs_ws hs_wss idle_ws idle_wss"}
 [ "$HS_RESUME" = 1 ] && SCENARIOS="$SCENARIOS hs_wss_resumed"
 OUT=${OUT:-$ROOT/target/bench-compare}
+SLUICE_TCP_CONGESTION=${SLUICE_TCP_CONGESTION:-}
 
 log() { printf '[%4ds] %s\n' $(($(date +%s) - T0)) "$*" >&2; }
 SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -170,6 +172,9 @@ start() { # TARGET
     direct) return ;;
     sluice)
       render bench/conf/sluice.toml sluice > "$tmp/sluice.toml"
+      if [ -n "$SLUICE_TCP_CONGESTION" ]; then
+        sed -i "s|^\[tls\]|tcp_congestion = \"$SLUICE_TCP_CONGESTION\"\n\n[tls]|" "$tmp/sluice.toml"
+      fi
       RUST_LOG=warn taskset -c 0 "$BIN" run -c "$tmp/sluice.toml" >>"$tmp/sluice.log" 2>&1 & p=$! ;;
     nginx)
       mkdir -p "$tmp/nginx"; render bench/conf/nginx.conf nginx > "$tmp/nginx.conf"
@@ -391,6 +396,7 @@ PY
 {
   echo
   echo "sluice $REV · targets: $TARGETS · rounds: $ROUNDS_DONE · echo $CONNS tunnels x 64 B, ${ECHO_SECS}s at $RATE msgs/s and ${SAT_SECS}s closed loop · bulk 4 x 1 MiB ${BULK_SECS}s · handshakes conc $HS_CONC ${HS_SECS}s · idle $IDLE_N tunnels"
+  echo "sluice server.tcp_congestion: ${SLUICE_TCP_CONGESTION:-unset (system default: $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null))}"
   echo "versions: $(nginx -v 2>&1 | sed 's/.*version: //') · $(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3) · caddy $(caddy version 2>/dev/null | cut -d' ' -f1) · wall time ${ELAPSED}s"
   [ -n "$NOTES_TXT" ] && { echo; echo "Notes:"; printf '%s\n' "$NOTES_TXT" | sed 's/^/- /'; }
 } >> "$OUT/table.md"
