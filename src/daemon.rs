@@ -123,7 +123,7 @@ impl Running {
             }
             let bound = match self.inherited.remove(&key.0) {
                 Some(std) => Listener::from_std(std, key.1),
-                None => Listener::bind(key.0, key.1).await,
+                None => Listener::bind(key.0, key.1, config.server.reuse_port),
             };
             let listener = match bound {
                 Ok(l) => l,

@@ -35,9 +35,10 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub async fn bind(addr: SocketAddr, tls: bool) -> io::Result<Listener> {
+    /// `reuse_port`: see `server.reuse_port`.
+    pub fn bind(addr: SocketAddr, tls: bool, reuse_port: bool) -> io::Result<Listener> {
         Ok(Listener {
-            listener: TcpListener::bind(addr).await?,
+            listener: crate::socket::listen(addr, reuse_port)?,
             tls,
         })
     }

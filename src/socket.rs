@@ -1,5 +1,11 @@
 //! Options sluice sets on its own TCP sockets, beyond `TCP_NODELAY`.
 //!
+//! `server.reuse_port` binds listeners with `SO_REUSEPORT`: several sluice
+//! processes on one host (same user) can then listen on the same address and
+//! the kernel spreads new connections over them by a hash of the addresses.
+//! Off by default, so that a second instance started by mistake fails with
+//! "address in use" instead of silently taking half the traffic.
+//!
 //! `server.tcp_congestion` picks the congestion control of every socket
 //! sluice owns, toward clients and toward backends. The reason it exists:
 //! with BBR, which paces in the kernel when the qdisc is not `fq`, every send
@@ -12,7 +18,28 @@
 
 use std::io;
 
-use tokio::net::TcpStream;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// Connections the kernel queues for a listener before sluice accepts them.
+const BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` (`SO_REUSEADDR` always, so a restart does
+/// not wait for old connections in TIME_WAIT; `SO_REUSEPORT` on request).
+pub fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Sets the congestion control of `tcp`, if configured. Failure is not
 /// fatal: the algorithm was checked at load, and the socket works either way.

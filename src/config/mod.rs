@@ -58,6 +58,9 @@ pub struct Server {
     /// TCP congestion control for sluice's own sockets (client and backend
     /// side); `None` keeps the system default.
     pub tcp_congestion: Option<Arc<str>>,
+    /// Listeners are bound with `SO_REUSEPORT`, so several sluice processes
+    /// on one host can share a port and the kernel spreads connections.
+    pub reuse_port: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -553,6 +556,7 @@ impl Source<'_> {
             shutdown_grace,
             trusted_proxies,
             tcp_congestion,
+            reuse_port: raw.reuse_port.unwrap_or(false),
         })
     }
 

@@ -52,6 +52,7 @@ pub struct RawServer {
     pub shutdown_grace: Option<Spanned<HumanDuration>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub tcp_congestion: Option<Spanned<String>>,
+    pub reuse_port: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
