@@ -91,7 +91,9 @@ async fn without_reuse_port_a_second_instance_cannot_bind() {
         .await
         .unwrap();
     let addr = first.plain_addrs()[0];
-    let err = start(addr, false, a).await.err().expect("address in use");
+    let Err(err) = start(addr, false, a).await else {
+        panic!("a second bind without reuse_port succeeded");
+    };
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
