@@ -15,7 +15,7 @@ use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -29,6 +29,8 @@ use crate::proxy::{Body, ConnCtx, ProxyError};
 use crate::relay::{self, RSV1};
 use crate::route::Picked;
 use crate::stream::{BackendStream, ClientStream, Tunneled};
+
+mod backend_leg;
 
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -133,17 +135,6 @@ async fn handshake(
         )
         .expect("base64 is a valid header value"),
     };
-    let mut out = Request::builder()
-        .method(Method::GET)
-        .uri(
-            req.uri()
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/"),
-        )
-        .version(Version::HTTP_11)
-        .body(Empty::<Bytes>::new())
-        .expect("a path from a parsed URI is a valid request target");
     let mut hdrs = req.headers().clone();
     headers::strip_hop_by_hop(&mut hdrs);
     if policy.strip_compression {
@@ -166,7 +157,12 @@ async fn handshake(
         .flat_map(extension_names)
         .collect::<Vec<_>>();
     let offered_protocols = tokens(&hdrs, header::SEC_WEBSOCKET_PROTOCOL);
-    *out.headers_mut() = hdrs;
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let head = backend_leg::request_head(path, &hdrs);
 
     let timeout = ctx.snapshot.config.server.handshake_timeout;
     let tls = picked.pool.tls().clone();
@@ -181,40 +177,34 @@ async fn handshake(
     let exchange = async {
         // A backend that refuses the connection is ejected and the next one
         // tried; nothing has been sent yet, so this is always safe.
-        let (lease, stream) = connect_with_retry(picked.pool, &tls, &connect_histogram).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| BackendError::Protocol("HTTP handshake failed"))?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        let resp = sender
-            .send_request(out)
-            .await
-            .map_err(|_| BackendError::Protocol("no valid response to the upgrade request"))?;
-        Ok::<_, ProxyError>((lease, resp))
+        let (lease, mut stream) = connect_with_retry(picked.pool, &tls, &connect_histogram).await?;
+        let answer = backend_leg::exchange(&mut stream, &head).await?;
+        Ok::<_, ProxyError>((lease, stream, answer))
     };
-    let (lease, mut resp) = match tokio::time::timeout(timeout, exchange).await {
+    let (lease, backend_io, answer) = match tokio::time::timeout(timeout, exchange).await {
         Err(_) => return Err(ProxyError::BackendTimeout),
         Ok(result) => result?,
     };
 
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+    if answer.status != StatusCode::SWITCHING_PROTOCOLS {
         // Refused: pass the answer on as plain HTTP. hyper keeps reading the
         // client connection as HTTP, so pipelined bytes never reach this
         // backend as tunnel data.
-        tracing::info!(peer = %ctx.conn.peer, route = picked.index, status = resp.status().as_u16(), "backend refused upgrade");
-        headers::strip_hop_by_hop(resp.headers_mut());
-        return Ok(resp.map(Either::Left));
+        tracing::info!(peer = %ctx.conn.peer, route = picked.index, status = answer.status.as_u16(), "backend refused upgrade");
+        let mut refusal = Response::new(Either::Right(Full::new(answer.rest)));
+        *refusal.status_mut() = answer.status;
+        *refusal.headers_mut() = answer.headers;
+        headers::strip_hop_by_hop(refusal.headers_mut());
+        return Ok(refusal);
     }
     let negotiated = check_backend_101(
-        resp.headers(),
+        &answer.headers,
         backend_key.as_bytes(),
         &offered_extensions,
         &offered_protocols,
     )?;
 
-    let backend_upgrade = hyper::upgrade::on(&mut resp);
+    let backend_pre = answer.rest;
     let client_upgrade = hyper::upgrade::on(&mut req);
     let tunnel_policy = relay::Policy {
         max_frame_bytes: policy.max_frame_bytes,
@@ -238,10 +228,10 @@ async fn handshake(
     // Spawned before the 101 is returned: hyper completes the client upgrade
     // only after the response has been written.
     tokio::spawn(async move {
-        let (client_io, backend_io) = match tokio::join!(client_upgrade, backend_upgrade) {
-            (Ok(c), Ok(b)) => (c, b),
-            (c, b) => {
-                tracing::warn!(peer = %log.peer, route = log.route, client_ok = c.is_ok(), backend_ok = b.is_ok(), "upgrade did not complete");
+        let client_io = match client_upgrade.await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(peer = %log.peer, route = log.route, error = %e, "client upgrade did not complete");
                 return;
             }
         };
@@ -253,11 +243,11 @@ async fn handshake(
             })
             .clone();
         open.inc();
-        let (client, client_pre, backend, backend_pre) = unwrap_streams(client_io, backend_io);
+        let (client, client_pre) = unwrap_client(client_io);
         let report = relay::run(
             client,
             client_pre,
-            backend,
+            Tunneled::Socket(backend_io),
             backend_pre,
             tunnel_policy,
             shutdown,
@@ -270,7 +260,7 @@ async fn handshake(
         drop(tracked);
     });
 
-    let mut reply_headers = std::mem::take(resp.headers_mut());
+    let mut reply_headers = answer.headers;
     headers::strip_hop_by_hop(&mut reply_headers);
     let mut reply = Response::new(Either::Right(Full::new(Bytes::new())));
     if h2 {
@@ -440,31 +430,16 @@ fn strip_deflate_offer(h: &mut HeaderMap) {
     }
 }
 
-/// Unwraps both upgraded streams to the raw sockets, dropping hyper's
-/// buffers after taking the bytes they hold, which the relay scans first.
-/// Synchronous on purpose: the tunnel's task then holds only the relay.
-fn unwrap_streams(
-    client: Upgraded,
-    backend: Upgraded,
-) -> (
-    Tunneled<ClientStream>,
-    Bytes,
-    Tunneled<BackendStream>,
-    Bytes,
-) {
-    let (backend, backend_pre) = match backend.downcast::<TokioIo<BackendStream>>() {
-        Ok(parts) => (Tunneled::Socket(parts.io.into_inner()), parts.read_buf),
-        Err(upgraded) => (Tunneled::H2(TokioIo::new(upgraded)), Bytes::new()),
-    };
+/// Unwraps the client's upgraded stream to the raw socket, dropping hyper's
+/// buffer after taking the bytes it holds, which the relay scans first.
+fn unwrap_client(client: Upgraded) -> (Tunneled<ClientStream>, Bytes) {
     // Behind hyper-util's auto builder the IO is wrapped in a private type;
     // its own downcast helper unwraps it (hyper issue #3587).
-    let (client, client_pre) =
-        match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<ClientStream>>(client) {
-            Ok(parts) => (Tunneled::Socket(parts.io.into_inner()), parts.read_buf),
-            // WebSocket over h2: the stream is an h2 stream, relayed as it is.
-            Err(upgraded) => (Tunneled::H2(TokioIo::new(upgraded)), Bytes::new()),
-        };
-    (client, client_pre, backend, backend_pre)
+    match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<ClientStream>>(client) {
+        Ok(parts) => (Tunneled::Socket(parts.io.into_inner()), parts.read_buf),
+        // WebSocket over h2: the stream is an h2 stream, relayed as it is.
+        Err(upgraded) => (Tunneled::H2(TokioIo::new(upgraded)), Bytes::new()),
+    }
 }
 
 /// Who a tunnel was for, for its access-log line.
