@@ -18,8 +18,11 @@
 //!   accept time and keeps it for its whole life.
 //! * [`server`] owns listeners and the life of one client connection.
 //! * [`proxy`] is the per-connection hyper service: routing and plain HTTP.
-//! * [`upgrade`] is the WebSocket handshake; on success it hands both streams
-//!   to [`relay`], which is generic over the two streams and never sees hyper.
+//! * [`upgrade`] is the WebSocket handshake (its backend leg is spoken
+//!   directly on the socket); on success it hands both streams to [`relay`],
+//!   which is generic over the two streams and never sees hyper.
+//! * [`socket`] holds the options sluice sets on its own sockets
+//!   (`reuse_port`, `tcp_congestion`).
 //! * [`frame`] is the pass-through frame-header scanner: no IO, no allocation.
 //!
 //! The leaves (`frame`, `route`, `headers`, `policy::origin`, `config`) do no
