@@ -275,6 +275,45 @@ async fn notify_socket_gets_ready_reloading_ready_stopping_in_order() {
 }
 
 #[tokio::test]
+async fn the_systemd_watchdog_is_fed_at_half_its_period() {
+    let backend = EchoWs::start().await;
+    let dir = TestCert::new().dir;
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let path = config(&dir, &plain_config(backend.addr, ""));
+    // systemd sets WATCHDOG_PID to the service's main pid; `exec` keeps the
+    // shell's pid, so `$$` is sluice's.
+    let mut child = Command::new("sh")
+        .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" run -c \"$1\""])
+        .arg(BIN)
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).expect("a notify message");
+        String::from_utf8_lossy(&buf[..n]).trim().to_owned()
+    };
+    assert_eq!(recv(), "READY=1");
+    // WatchdogSec=200ms: a ping every 100 ms, so 5 arrive well within 1.5 s.
+    let started = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(recv(), "WATCHDOG=1");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
 async fn admin_serves_healthz_and_metrics_that_move_with_traffic() {
     let backend = EchoWs::start().await;
     let dir = TestCert::new().dir;
