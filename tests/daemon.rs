@@ -246,31 +246,46 @@ async fn sigterm_closes_tunnels_with_1001_both_ways_and_exits_0() {
     assert_eq!(f.close_code(), Some(1001));
 }
 
+/// A NOTIFY_SOCKET as systemd provides it: its path, and the next message
+/// on it (trimmed), waiting at most `WAIT`.
+struct Notify {
+    path: PathBuf,
+    sock: UnixDatagram,
+}
+
+impl Notify {
+    fn bind(dir: &Path) -> Notify {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        Notify { path, sock }
+    }
+
+    fn recv(&self) -> String {
+        let mut buf = [0u8; 512];
+        let n = self.sock.recv(&mut buf).expect("a notify message");
+        String::from_utf8_lossy(&buf[..n]).trim().to_owned()
+    }
+}
+
 #[tokio::test]
 async fn notify_socket_gets_ready_reloading_ready_stopping_in_order() {
     let backend = EchoWs::start().await;
     let dir = TestCert::new().dir;
-    let sock_path = dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let notify = Notify::bind(&dir);
     let path = config(&dir, &plain_config(backend.addr, ""));
-    let mut proc = Proc::start(&path, Some(&sock_path));
-    let recv = |sock: &UnixDatagram| {
-        let mut buf = [0u8; 512];
-        let n = sock.recv(&mut buf).expect("a notify message");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
-    assert_eq!(recv(&sock).trim(), "READY=1");
+    let mut proc = Proc::start(&path, Some(&notify.path));
+    assert_eq!(notify.recv(), "READY=1");
     // Every listener is bound by the time READY=1 is sent.
     let addr = proc.addr("listening").await;
     TcpStream::connect(addr).await.unwrap();
     proc.signal("HUP");
-    let reloading = recv(&sock);
+    let reloading = notify.recv();
     assert!(reloading.contains("RELOADING=1"), "{reloading}");
     assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
-    assert_eq!(recv(&sock).trim(), "READY=1");
+    assert_eq!(notify.recv(), "READY=1");
     proc.signal("TERM");
-    assert_eq!(recv(&sock).trim(), "STOPPING=1");
+    assert_eq!(notify.recv(), "STOPPING=1");
     assert!(proc.wait_exit(Duration::from_secs(5)).await.success());
 }
 
@@ -278,9 +293,7 @@ async fn notify_socket_gets_ready_reloading_ready_stopping_in_order() {
 async fn the_systemd_watchdog_is_fed_at_half_its_period() {
     let backend = EchoWs::start().await;
     let dir = TestCert::new().dir;
-    let sock_path = dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let notify = Notify::bind(&dir);
     let path = config(&dir, &plain_config(backend.addr, ""));
     // systemd sets WATCHDOG_PID to the service's main pid; `exec` keeps the
     // shell's pid, so `$$` is sluice's.
@@ -288,21 +301,16 @@ async fn the_systemd_watchdog_is_fed_at_half_its_period() {
         .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" run -c \"$1\""])
         .arg(BIN)
         .arg(&path)
-        .env("NOTIFY_SOCKET", &sock_path)
+        .env("NOTIFY_SOCKET", &notify.path)
         .env("WATCHDOG_USEC", "200000")
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
-    let mut buf = [0u8; 512];
-    let mut recv = || {
-        let n = sock.recv(&mut buf).expect("a notify message");
-        String::from_utf8_lossy(&buf[..n]).trim().to_owned()
-    };
-    assert_eq!(recv(), "READY=1");
+    assert_eq!(notify.recv(), "READY=1");
     // WatchdogSec=200ms: a ping every 100 ms, so 5 arrive well within 1.5 s.
     let started = Instant::now();
     for _ in 0..5 {
-        assert_eq!(recv(), "WATCHDOG=1");
+        assert_eq!(notify.recv(), "WATCHDOG=1");
     }
     assert!(
         started.elapsed() < Duration::from_millis(1500),
