@@ -990,7 +990,7 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
         self.closed_dst = true;
         if let Ok(Ok(())) = timeout(
             policy.idle_timeout.min(LINGER),
-            write_all(self.dst, &out[..n], || {}),
+            write_all(self.dst, &out[..n]),
         )
         .await
         {
@@ -1000,33 +1000,9 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
 }
 
 /// `write_all` + `flush` on a shared stream, locking it for each poll only.
-/// `on_block` runs each time the stream cannot take bytes yet. One
-/// `poll_fn`, so the future is a handful of pointers.
-async fn write_all<W: AsyncWrite + Unpin>(
-    dst: &Mutex<W>,
-    mut bytes: &[u8],
-    on_block: impl Fn(),
-) -> io::Result<()> {
-    std::future::poll_fn(|cx| {
-        let mut dst = lock(dst);
-        while !bytes.is_empty() {
-            match Pin::new(&mut *dst).poll_write(cx, bytes) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => bytes = &bytes[n..],
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    on_block();
-                    return Poll::Pending;
-                }
-            }
-        }
-        let flushed = Pin::new(&mut *dst).poll_flush(cx);
-        if flushed.is_pending() {
-            on_block();
-        }
-        flushed
-    })
-    .await
+async fn write_all<W: AsyncWrite + Unpin>(dst: &Mutex<W>, bytes: &[u8]) -> io::Result<()> {
+    let mut from = 0;
+    std::future::poll_fn(|cx| poll_write_all(dst, bytes, &mut from, bytes.len(), cx)).await
 }
 
 /// Writes `buf[*from..to]` and flushes, advancing `from` as bytes go.

@@ -143,9 +143,10 @@ impl Peer for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {
     }
 }
 
-/// A stream as the relay gets it after an upgrade: the connection itself
-/// (plain or TLS), or one h2 stream of a connection (RFC 8441). One type for
-/// both keeps the relay to a single instance per side.
+/// A client's stream as the relay gets it after an upgrade: the connection
+/// itself (plain or TLS), or one h2 stream of a connection (RFC 8441). One
+/// type for both keeps the relay to a single instance. (The backend side is
+/// always a `BackendStream`: sluice speaks HTTP/1.1 upgrades to backends.)
 #[derive(Debug)]
 pub enum Tunneled<S> {
     Socket(S),

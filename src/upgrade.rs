@@ -247,7 +247,7 @@ async fn handshake(
         let report = relay::run(
             client,
             client_pre,
-            Tunneled::Socket(backend_io),
+            backend_io,
             backend_pre,
             tunnel_policy,
             shutdown,
