@@ -250,7 +250,7 @@ impl Pool {
                     let backend = &pool.members[i].backend;
                     let ok = tokio::time::timeout(
                         check.timeout,
-                        probe(backend, check.path.as_deref(), &pool.tls),
+                        probe(backend, check.path.as_deref(), &pool.tls, pool.congestion()),
                     )
                     .await
                     .unwrap_or(false);
@@ -263,8 +263,13 @@ impl Pool {
 
 /// One health probe: a TCP (or TLS) connect, and with a path a `GET` that
 /// must answer 2xx or 3xx.
-async fn probe(backend: &Backend, path: Option<&str>, tls: &Arc<rustls::ClientConfig>) -> bool {
-    let Ok(mut stream) = crate::backend::connect(backend, tls, None).await else {
+async fn probe(
+    backend: &Backend,
+    path: Option<&str>,
+    tls: &Arc<rustls::ClientConfig>,
+    congestion: Option<&str>,
+) -> bool {
+    let Ok(mut stream) = crate::backend::connect(backend, tls, congestion).await else {
         return false;
     };
     let Some(path) = path else {
