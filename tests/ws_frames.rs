@@ -241,14 +241,7 @@ async fn client_that_vanishes_gets_the_backend_a_1001() {
 #[tokio::test]
 async fn backend_that_vanishes_gets_the_client_a_1001() {
     // The backend accepts the upgrade and then closes its socket without a Close.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend_addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        let (_, head) = read_head_server(&mut tcp).await;
-        tcp.write_all(&good_101(&head)).await.unwrap();
-        drop(tcp);
-    });
+    let backend_addr = backend_after_101(|tcp| async move { drop(tcp) }).await;
     let sluice = Sluice::to(backend_addr, "", "").await;
     let mut client = raw_ws(sluice.plain_addr, "/").await;
     let close = read_frame(&mut client).await.expect("a close frame");
@@ -330,17 +323,11 @@ async fn strip_compression_removes_the_deflate_offer() {
 #[tokio::test]
 async fn a_writer_that_makes_no_progress_counts_as_idle() {
     // The backend answers the upgrade and then never reads again.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend_addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        let (_, head) = read_head_server(&mut tcp).await;
-        tokio::io::AsyncWriteExt::write_all(&mut tcp, &good_101(&head))
-            .await
-            .unwrap();
+    let backend_addr = backend_after_101(|tcp| async move {
         tokio::time::sleep(Duration::from_secs(30)).await;
         drop(tcp);
-    });
+    })
+    .await;
     let sluice = Sluice::to(backend_addr, "idle_timeout = \"500ms\"", "").await;
     let client = raw_ws(sluice.plain_addr, "/").await;
     let (mut rd, mut wr) = client.into_split();
@@ -359,6 +346,24 @@ async fn a_writer_that_makes_no_progress_counts_as_idle() {
         started.elapsed()
     );
     writer.abort();
+}
+
+/// A backend for one connection: it answers the upgrade with a valid 101,
+/// then hands the socket to `after`.
+async fn backend_after_101<F, Fut>(after: F) -> std::net::SocketAddr
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let (_, head) = read_head_server(&mut tcp).await;
+        tcp.write_all(&good_101(&head)).await.unwrap();
+        after(tcp).await;
+    });
+    addr
 }
 
 /// Reads a request head as a server would.
