@@ -271,6 +271,11 @@ struct Control {
     sent_close: [AtomicU16; 2],
     /// A Close frame has passed in (client-to-backend, backend-to-client).
     saw_close: [AtomicBool; 2],
+    /// ... and has been written whole to its receiver.
+    close_delivered: [AtomicBool; 2],
+    /// The close handshake is over both ways and one side has closed: the
+    /// tunnel ends without waiting for the other.
+    complete: AtomicBool,
     done: [AtomicBool; 2],
     bytes: [AtomicU64; 2],
     frames: [AtomicU64; 2],
@@ -286,6 +291,8 @@ impl Control {
             close_request: [AtomicU16::new(0), AtomicU16::new(0)],
             sent_close: [AtomicU16::new(0), AtomicU16::new(0)],
             saw_close: [AtomicBool::new(false), AtomicBool::new(false)],
+            close_delivered: [AtomicBool::new(false), AtomicBool::new(false)],
+            complete: AtomicBool::new(false),
             done: [AtomicBool::new(false), AtomicBool::new(false)],
             bytes: [AtomicU64::new(0), AtomicU64::new(0)],
             frames: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -428,7 +435,24 @@ async fn tunnel<C: Peer, B: Peer>(
     );
 
     let relay = async {
-        tokio::join!(upstream.run(ctl, policy), downstream.run(ctl, policy));
+        let up = upstream.run(ctl, policy);
+        let down = downstream.run(ctl, policy);
+        tokio::pin!(up, down);
+        let mut finished = [false; 2];
+        std::future::poll_fn(|cx| {
+            if !finished[0] {
+                finished[0] = std::future::Future::poll(up.as_mut(), cx).is_ready();
+            }
+            if !finished[1] {
+                finished[1] = std::future::Future::poll(down.as_mut(), cx).is_ready();
+            }
+            if finished == [true; 2] || ctl.complete.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     };
     let watchdog = async {
         let idle = policy.idle_timeout;
@@ -697,6 +721,10 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
                                     ctl.request_close(self.dir.sender(), 1001);
                                     return Poll::Ready(End::WriteFailed);
                                 }
+                                if self.closed_dst {
+                                    ctl.close_delivered[self.dir.index()]
+                                        .store(true, Ordering::Release);
+                                }
                             }
                         }
                     }
@@ -942,6 +970,17 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
     async fn source_ended(&mut self, ctl: &Control, policy: &Policy) {
         if ctl.saw_close[self.dir.index()].load(Ordering::Acquire) {
             ctl.end(Ending::Closed);
+            let reverse = 1 - self.dir.index();
+            if ctl.close_delivered[reverse].load(Ordering::Acquire) {
+                // Close frames have gone both ways, so neither peer may send
+                // anything more (RFC 6455 §5.5.1): once our receiver has the
+                // FIN (and TLS close_notify), the tunnel is over. Waiting for
+                // the other peer's FIN as well would only cost a read and a
+                // shutdown per tunnel; dropping its stream closes it.
+                let _ = timeout(LINGER, shutdown(self.dst)).await;
+                ctl.complete.store(true, Ordering::Release);
+                return;
+            }
         } else {
             ctl.end(Ending::Vanished(self.dir.sender()));
             if self.remaining == 0 && !self.closed_dst {

@@ -16,7 +16,7 @@ use tokio::time::timeout;
 
 use crate::proxy::{self, ConnCtx, ConnInfo};
 use crate::shared::{Shared, Snapshot};
-use crate::stream::{ClientStream, MaybeTls};
+use crate::stream::{ClientStream, Corked, MaybeTls};
 
 /// h2 header-list limit: large enough for real cookies, small enough that a
 /// CONTINUATION flood cannot make sluice buffer megabytes per stream.
@@ -112,7 +112,19 @@ async fn connection(
             tracing::warn!(%peer, "TLS listener without a certificate");
             return;
         };
-        match timeout(handshake_timeout, acceptor.accept(tcp)).await {
+        let handshake = async {
+            let mut s = acceptor.accept(Corked::new(tcp)).await?;
+            let (socket, session) = s.get_mut();
+            socket.uncork();
+            // Held after a TLS 1.3 handshake: session tickets, which go with
+            // the first response. Before 1.3: the server's last flight, which
+            // the client is waiting for.
+            if session.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+                socket.drain().await?;
+            }
+            Ok::<_, io::Error>(s)
+        };
+        match timeout(handshake_timeout, handshake).await {
             Ok(Ok(s)) => MaybeTls::Tls(Box::new(s)),
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "TLS handshake failed");

@@ -1,6 +1,8 @@
 //! The TLS listeners' cipher-suite choice: the server's order (AES-128-GCM
 //! first, as Mozilla recommends), whatever order the client lists; every
-//! suite stays available to clients that offer only it.
+//! suite stays available to clients that offer only it. And the handshake's
+//! writes: TLS 1.2 and 1.3 clients, full and resumed, get their answers, and
+//! TLS 1.3 session tickets ride with the first response.
 
 mod support;
 
@@ -10,6 +12,7 @@ use rustls::crypto::ring::cipher_suite;
 use rustls::pki_types::ServerName;
 use rustls::CipherSuite;
 use support::*;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// The suite negotiated by a client offering `suites` in that order.
@@ -59,4 +62,99 @@ async fn a_client_offering_one_suite_gets_it() {
     ] {
         assert_eq!(negotiated(&s, vec![suite]).await, suite.suite());
     }
+}
+
+/// A client speaking only `versions`, keeping sessions for resumption.
+fn resuming_client(
+    s: &Sluice,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(s.cert.der.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+/// Connects, sends one GET, reads the whole answer, and says whether the
+/// handshake resumed a session.
+async fn get_over(s: &Sluice, connector: &tokio_rustls::TlsConnector) -> rustls::HandshakeKind {
+    let tcp = TcpStream::connect(s.tls_addr).await.unwrap();
+    let mut tls = within(
+        "TLS handshake",
+        connector.connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .unwrap();
+    let (status, head) = raw_request(
+        &mut tls,
+        b"GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    read_body(&mut tls, &head).await;
+    tls.get_ref().1.handshake_kind().unwrap()
+}
+
+#[tokio::test]
+async fn tls_1_2_clients_get_answers_on_full_and_resumed_handshakes() {
+    // In TLS 1.2 the server's last flight ends the handshake and the client
+    // waits for it before it sends its request: sluice must not hold it.
+    let backend = HttpEcho::start().await;
+    let s = Sluice::to(backend.addr, "", "").await;
+    let client = resuming_client(&s, &[&rustls::version::TLS12]);
+    assert_eq!(get_over(&s, &client).await, rustls::HandshakeKind::Full);
+    assert_eq!(get_over(&s, &client).await, rustls::HandshakeKind::Resumed);
+}
+
+#[tokio::test]
+async fn tls_1_3_session_tickets_reach_the_client_and_resume() {
+    let backend = HttpEcho::start().await;
+    let s = Sluice::to(backend.addr, "", "").await;
+    let client = resuming_client(&s, &[&rustls::version::TLS13]);
+    assert_eq!(get_over(&s, &client).await, rustls::HandshakeKind::Full);
+    assert_eq!(get_over(&s, &client).await, rustls::HandshakeKind::Resumed);
+}
+
+#[tokio::test]
+async fn tls_1_3_tickets_leave_with_the_first_response_not_before() {
+    // Watched on the wire: after its Finished, the client sends nothing and
+    // waits. Nothing may arrive (the tickets are held for the response), and
+    // when the request goes, the tickets and the response come together.
+    let backend = HttpEcho::start().await;
+    let s = Sluice::to(backend.addr, "", "").await;
+    let client = resuming_client(&s, &[&rustls::version::TLS13]);
+    let tcp = TcpStream::connect(s.tls_addr).await.unwrap();
+    let mut tls = client
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        tls.get_mut().0.peek(&mut byte),
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "bytes arrived before any request: {early:?}"
+    );
+    let (status, head) = raw_request(
+        &mut tls,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    let body = read_body(&mut tls, &head).await;
+    assert!(!body.is_empty());
+    let mut rest = Vec::new();
+    let _ = tls.read_to_end(&mut rest).await;
+    // The tickets came: the same client resumes.
+    assert_eq!(get_over(&s, &client).await, rustls::HandshakeKind::Resumed);
 }

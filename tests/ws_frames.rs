@@ -378,3 +378,45 @@ async fn read_head_server(tcp: &mut TcpStream) -> (String, String) {
     let head = String::from_utf8(buf).unwrap();
     (head.lines().next().unwrap().to_owned(), head)
 }
+
+#[tokio::test]
+async fn a_finished_close_handshake_ends_the_tunnel_without_waiting_for_the_clients_fin() {
+    // RFC 6455 §7.1.1: once the Close frames have crossed, the server side
+    // closes TCP first. The backend answers the client's Close and hangs up;
+    // sluice closes toward the client and the tunnel is gone, although the
+    // client has not closed its socket (before, sluice waited for the
+    // client's FIN, up to its 2 s linger).
+    let backend_addr = backend_after_101(|mut tcp| async move {
+        let close = read_frame(&mut tcp).await.expect("the client's close");
+        assert_eq!(close.close_code(), Some(1000));
+        tcp.write_all(&frame_bytes(true, 0, 8, None, &1000u16.to_be_bytes()))
+            .await
+            .unwrap();
+    })
+    .await;
+    let sluice = Sluice::to(backend_addr, "", "").await;
+    let mut client = raw_ws(sluice.plain_addr, "/").await;
+    client
+        .write_all(&frame_bytes(true, 0, 8, Some(KEY), &1000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    let reply = read_frame(&mut client).await.expect("the backend's close");
+    assert_eq!(reply.close_code(), Some(1000));
+    assert!(
+        read_to_end(&mut client).await.is_empty(),
+        "EOF after the close"
+    );
+    let started = std::time::Instant::now();
+    within("the tunnel to end", async {
+        while sluice.running.shared.tunnels.live() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the tunnel lingered {:?} for a client that had nothing more to say",
+        started.elapsed()
+    );
+    drop(client);
+}
