@@ -14,8 +14,10 @@
 #
 # Knobs (environment): ROUNDS ECHO_SECS SAT_SECS BULK_SECS HS_SECS IDLE_N
 # RATE CONNS HS_CONC TARGETS SCENARIOS HS_RESUME=1 MAX_MINUTES OUT SKIP_BUILD=1
-# SKIP_INSTALL=1 SLUICE_TCP_CONGESTION (e.g. reno: sets sluice's
-# server.tcp_congestion; unset = the system default, as every peer runs). The run never exceeds MAX_MINUTES by more than one
+# SKIP_INSTALL=1 SLUICE_TCP_CONGESTION (e.g. bbr: sets sluice's
+# server.tcp_congestion for all its sockets; unset = sluice's default, the
+# system's algorithm but cubic on loopback when that is bbr).
+# The run never exceeds MAX_MINUTES by more than one
 # scenario: rounds that would not fit are skipped, and every client run has
 # a timeout. Everything started here is stopped on exit (trap).
 set -uo pipefail
@@ -396,7 +398,7 @@ PY
 {
   echo
   echo "sluice $REV · targets: $TARGETS · rounds: $ROUNDS_DONE · echo $CONNS tunnels x 64 B, ${ECHO_SECS}s at $RATE msgs/s and ${SAT_SECS}s closed loop · bulk 4 x 1 MiB ${BULK_SECS}s · handshakes conc $HS_CONC ${HS_SECS}s · idle $IDLE_N tunnels"
-  echo "sluice server.tcp_congestion: ${SLUICE_TCP_CONGESTION:-unset (system default: $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null))}"
+  echo "sluice server.tcp_congestion: ${SLUICE_TCP_CONGESTION:-unset (system default $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null); cubic on loopback sockets if that is bbr)}"
   echo "versions: $(nginx -v 2>&1 | sed 's/.*version: //') · $(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3) · caddy $(caddy version 2>/dev/null | cut -d' ' -f1) · wall time ${ELAPSED}s"
   [ -n "$NOTES_TXT" ] && { echo; echo "Notes:"; printf '%s\n' "$NOTES_TXT" | sed 's/^/- /'; }
 } >> "$OUT/table.md"

@@ -59,7 +59,7 @@ async fn connect_to(
         })?;
     // WebSocket traffic is small messages; Nagle would add latency to each.
     let _ = tcp.set_nodelay(true);
-    crate::socket::set_congestion(&tcp, congestion);
+    crate::socket::set_congestion(&tcp, congestion, host_for_dns.parse().ok());
     if !use_tls {
         return Ok(MaybeTls::Plain(tcp));
     }

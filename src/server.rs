@@ -104,7 +104,11 @@ async fn connection(
         Err(_) => return,
     };
     let _ = tcp.set_nodelay(true);
-    crate::socket::set_congestion(&tcp, snapshot.config.server.tcp_congestion.as_deref());
+    crate::socket::set_congestion(
+        &tcp,
+        snapshot.config.server.tcp_congestion.as_deref(),
+        Some(peer.ip()),
+    );
     let handshake_timeout = snapshot.config.server.handshake_timeout;
 
     let stream: ClientStream = if tls {
