@@ -60,6 +60,9 @@ impl Listener {
     pub async fn serve(self, shared: Arc<Shared>) {
         let mut shutdown = shared.shutdown_signal();
         let local = self.listener.local_addr().ok();
+        // A listener bound to one address is every connection's local
+        // address; only a wildcard bind needs asking per connection.
+        let fixed_local = local.filter(|a| !a.ip().is_unspecified());
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
@@ -71,7 +74,7 @@ impl Listener {
                     let tls = self.tls;
                     tokio::spawn(async move {
                         let snapshot = shared.snapshot();
-                        connection(tcp, peer, tls, shared, snapshot).await;
+                        connection(tcp, peer, fixed_local, tls, shared, snapshot).await;
                     });
                 }
                 Err(e) => {
@@ -90,6 +93,7 @@ impl Listener {
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     tls: bool,
     shared: Arc<Shared>,
     snapshot: Arc<Snapshot>,
@@ -99,7 +103,7 @@ async fn connection(
     let _open = scopeguard(|| {
         shared.metrics.http_connections_open.dec();
     });
-    let local = match tcp.local_addr() {
+    let local = match local.map_or_else(|| tcp.local_addr(), Ok) {
         Ok(a) => a,
         Err(_) => return,
     };
