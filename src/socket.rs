@@ -111,12 +111,18 @@ mod tests {
 
     #[tokio::test]
     async fn the_configured_algorithm_is_on_the_socket() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (_listener, tcp) = loopback_socket().await;
+        set_congestion(&tcp, Some(RENO), None);
+        assert_eq!(algorithm_of(&tcp), RENO);
+    }
+
+    /// A connected socket on loopback (and the listener it came through).
+    async fn loopback_socket() -> (TcpListener, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        set_congestion(&tcp, Some(RENO), None);
-        assert_eq!(algorithm_of(&tcp), RENO);
+        (listener, tcp)
     }
 
     fn algorithm_of(tcp: &TcpStream) -> String {
@@ -128,10 +134,7 @@ mod tests {
 
     #[tokio::test]
     async fn unconfigured_loopback_sockets_do_not_pace() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tcp = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
+        let (_listener, tcp) = loopback_socket().await;
         let system = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap();
         let system = system.trim();
         // Both ways of learning the peer: given, and asked of the socket.
@@ -148,10 +151,7 @@ mod tests {
 
     #[tokio::test]
     async fn unconfigured_sockets_to_other_hosts_keep_the_system_algorithm() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tcp = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
+        let (_listener, tcp) = loopback_socket().await;
         let before = algorithm_of(&tcp);
         // Told the peer is elsewhere (as for a client from the network).
         set_congestion(&tcp, None, Some(IpAddr::from([192, 0, 2, 7])));

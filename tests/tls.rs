@@ -102,24 +102,26 @@ async fn get_over(s: &Sluice, connector: &tokio_rustls::TlsConnector) -> rustls:
     tls.get_ref().1.handshake_kind().unwrap()
 }
 
-#[tokio::test]
-async fn tls_1_2_clients_get_answers_on_full_and_resumed_handshakes() {
-    // In TLS 1.2 the server's last flight ends the handshake and the client
-    // waits for it before it sends its request: sluice must not hold it.
+/// Two requests by one `version` client, each on a new connection: the
+/// first handshake is full, the second resumes.
+async fn full_then_resumed(version: &'static rustls::SupportedProtocolVersion) {
     let backend = HttpEcho::start().await;
     let s = Sluice::to(backend.addr, "", "").await;
-    let client = resuming_client(&s, &[&rustls::version::TLS12]);
+    let client = resuming_client(&s, &[version]);
     assert_eq!(get_over(&s, &client).await, rustls::HandshakeKind::Full);
     assert_eq!(get_over(&s, &client).await, rustls::HandshakeKind::Resumed);
 }
 
 #[tokio::test]
+async fn tls_1_2_clients_get_answers_on_full_and_resumed_handshakes() {
+    // In TLS 1.2 the server's last flight ends the handshake and the client
+    // waits for it before it sends its request: sluice must not hold it.
+    full_then_resumed(&rustls::version::TLS12).await;
+}
+
+#[tokio::test]
 async fn tls_1_3_session_tickets_reach_the_client_and_resume() {
-    let backend = HttpEcho::start().await;
-    let s = Sluice::to(backend.addr, "", "").await;
-    let client = resuming_client(&s, &[&rustls::version::TLS13]);
-    assert_eq!(get_over(&s, &client).await, rustls::HandshakeKind::Full);
-    assert_eq!(get_over(&s, &client).await, rustls::HandshakeKind::Resumed);
+    full_then_resumed(&rustls::version::TLS13).await;
 }
 
 #[tokio::test]
