@@ -160,3 +160,39 @@ async fn tls_1_3_tickets_leave_with_the_first_response_not_before() {
     // The tickets came: the same client resumes.
     assert_eq!(get_over(&s, &client).await, rustls::HandshakeKind::Resumed);
 }
+
+#[tokio::test]
+async fn a_failed_handshake_still_tells_the_client_why() {
+    // sluice's certificate is ECDSA; a TLS 1.2 client that offers only
+    // RSA suites cannot be served. The alert that says so is written even
+    // though the server's handshake writes are held back until it waits.
+    let backend = HttpEcho::start().await;
+    let s = Sluice::to(backend.addr, "", "").await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(s.cert.der.clone()).unwrap();
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: vec![cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256],
+        ..rustls::crypto::ring::default_provider()
+    };
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(s.tls_addr).await.unwrap();
+    let err = within(
+        "the refusal",
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .expect_err("no suite in common");
+    let alert = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .cloned();
+    assert!(
+        matches!(alert, Some(rustls::Error::AlertReceived(_))),
+        "the client got {err:?}, not an alert"
+    );
+}
