@@ -135,32 +135,25 @@ impl Corked {
         &self.tcp
     }
 
-    /// Once all is written the buffer is freed, so an established
-    /// connection carries no capacity for it.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.held.is_empty() {
-            match ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.held))? {
-                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                n => drop(self.held.drain(..n)),
-            }
-        }
-        self.held = Vec::new();
-        Poll::Ready(Ok(()))
+        self.poll_write_held(cx, &[]).map_ok(|_| ())
     }
 
-    /// Writes what is held and then `bufs` in one `writev`; returns how much
-    /// of `bufs` went, counting only bytes that reached the socket, so that
-    /// a flush after it has nothing of the caller's left to push.
-    fn poll_write_behind_held(
+    /// Writes what is held, with `then` behind it in the same `writev`, until
+    /// nothing is held; returns how much of `then` went too (counting only
+    /// bytes that reached the socket, so a flush after it has nothing of the
+    /// caller's left to push). The buffer is freed once it is all gone, so an
+    /// established connection carries no capacity for it.
+    fn poll_write_held(
         &mut self,
         cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
+        then: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         while !self.held.is_empty() {
             let mut iov = [io::IoSlice::new(&[]); 8];
             iov[0] = io::IoSlice::new(&self.held);
-            let k = bufs.len().min(iov.len() - 1);
-            iov[1..=k].copy_from_slice(&bufs[..k]);
+            let k = then.len().min(iov.len() - 1);
+            iov[1..=k].copy_from_slice(&then[..k]);
             let n = ready!(Pin::new(&mut self.tcp).poll_write_vectored(cx, &iov[..=k]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -169,13 +162,11 @@ impl Corked {
                 self.held.drain(..n);
                 continue;
             }
-            let of_bufs = n - self.held.len();
+            let of_then = n - self.held.len();
             self.held = Vec::new();
-            if of_bufs > 0 {
-                return Poll::Ready(Ok(of_bufs));
-            }
+            return Poll::Ready(Ok(of_then));
         }
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        Poll::Ready(Ok(0))
     }
 }
 
@@ -222,7 +213,11 @@ impl AsyncWrite for Corked {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if !this.corked {
-            return this.poll_write_behind_held(cx, bufs);
+            let went = ready!(this.poll_write_held(cx, bufs))?;
+            if went > 0 {
+                return Poll::Ready(Ok(went));
+            }
+            return Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
         }
         if this.held.len() >= CORK_LIMIT {
             ready!(this.poll_drain(cx))?;
