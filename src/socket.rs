@@ -69,12 +69,15 @@ pub fn set_congestion(tcp: &TcpStream, configured: Option<&str>, peer: Option<Ip
 
 /// The algorithm for loopback sockets when none is configured: `cubic` if
 /// the system's default paces and this process may use cubic; else none.
-/// Read once: it is a property of the host.
+/// Read once: it is a property of the host. The default is what a fresh
+/// socket gets (`TCP_CONGESTION`), not `/proc/sys/net/ipv4/...`, which the
+/// systemd unit's `ProcSubset=pid` hides.
 fn loopback_algorithm() -> Option<&'static str> {
     static CHOICE: OnceLock<Option<&'static str>> = OnceLock::new();
     *CHOICE.get_or_init(|| {
-        let system = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").ok()?;
-        let paces = system.trim().starts_with("bbr");
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+        let paces = socket.tcp_congestion().ok()?.starts_with(b"bbr");
         (paces && check_congestion(NON_PACING).is_ok()).then_some(NON_PACING)
     })
 }
