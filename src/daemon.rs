@@ -40,15 +40,22 @@ pub struct Running {
 impl Running {
     /// Binds every listener of the snapshot's config and starts serving.
     pub async fn start(shared: Arc<Shared>) -> io::Result<Running> {
+        Running::start_with(shared, Inherited::default()).await
+    }
+
+    /// Like [`Running::start`], using the sockets systemd passed first, so a
+    /// restart of the binary never refuses a connection on an address
+    /// systemd holds.
+    pub async fn start_with(shared: Arc<Shared>, inherited: Inherited) -> io::Result<Running> {
         let mut running = Running {
             shared,
             listeners: HashMap::new(),
             admin: None,
-            inherited: HashMap::new(),
+            inherited: inherited.0,
         };
-        running.inherit_sockets();
         let config = running.shared.snapshot().config.clone();
-        running.open_listeners(&config).await?;
+        let prepared = running.prepare(&config).await?;
+        running.commit(prepared);
         Ok(running)
     }
 
@@ -60,33 +67,6 @@ impl Running {
     /// Bound addresses of the cleartext listeners.
     pub fn plain_addrs(&self) -> Vec<SocketAddr> {
         self.addrs(false)
-    }
-
-    /// Takes the sockets systemd passed (`LISTEN_FDS`), so a restart of the
-    /// binary never refuses a connection on an address systemd holds.
-    fn inherit_sockets(&mut self) {
-        use std::os::fd::FromRawFd;
-        let fds = match sd_notify::listen_fds() {
-            Ok(fds) => fds,
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring LISTEN_FDS");
-                return;
-            }
-        };
-        for fd in fds {
-            // SAFETY: systemd hands these descriptors to this process (LISTEN_PID
-            // was checked by listen_fds) and nothing else in it owns them.
-            let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-            match listener.local_addr() {
-                Ok(addr) => {
-                    tracing::info!(%addr, fd, "inherited socket from systemd");
-                    self.inherited.insert(addr, listener);
-                }
-                Err(e) => {
-                    tracing::warn!(fd, error = %e, "inherited descriptor is not a TCP listener")
-                }
-            }
-        }
     }
 
     /// Bound address of the admin listener.
@@ -105,65 +85,95 @@ impl Running {
         v
     }
 
-    /// Opens listeners the config has and we do not; closes those we have
-    /// and it does not. Kept listeners keep their sockets, so a reload never
-    /// refuses a connection on them.
-    async fn open_listeners(&mut self, config: &Config) -> io::Result<()> {
-        let wanted: Vec<(SocketAddr, bool)> = config
-            .server
-            .listen
-            .iter()
-            .map(|a| (*a, true))
-            .chain(config.server.listen_plain.iter().map(|a| (*a, false)))
-            .collect();
-        let mut opened = Vec::new();
-        for key in &wanted {
-            if self.listeners.contains_key(key) {
+    /// Binds what the config has and we do not, serving nothing yet. All or
+    /// nothing: on any failure what was bound here is released (inherited
+    /// sockets go back) and the running listeners are untouched.
+    async fn prepare(&mut self, config: &Config) -> io::Result<Prepared> {
+        let mut prepared = Prepared {
+            wanted: wanted(config),
+            listeners: Vec::new(),
+            admin: None,
+        };
+        for key in prepared.wanted.clone() {
+            if self.listeners.contains_key(&key) {
                 continue;
             }
-            let bound = match self.inherited.remove(&key.0) {
-                Some(std) => Listener::from_std(std, key.1),
-                None => Listener::bind(key.0, key.1, config.server.reuse_port),
+            let (inherited, bound) = match self.inherited.remove(&key.0) {
+                Some(std) => (true, Listener::from_std(std, key.1)),
+                None => (
+                    false,
+                    Listener::bind(key.0, key.1, config.server.reuse_port),
+                ),
             };
-            let listener = match bound {
-                Ok(l) => l,
+            match bound {
+                Ok(l) => prepared.listeners.push((key, inherited, l)),
                 Err(e) => {
-                    // All or nothing: do not leave half of a new config bound.
-                    for k in opened {
-                        if let Some((_, task)) = self.listeners.remove(&k) {
-                            task.abort();
-                        }
-                    }
+                    self.release(prepared);
                     return Err(io::Error::new(
                         e.kind(),
                         format!("cannot listen on {}: {e}", key.0),
                     ));
                 }
+            }
+        }
+        let current_admin = self.admin.as_ref().map(|(want, _, _)| *want);
+        if current_admin != config.server.admin {
+            prepared.admin = Some(match config.server.admin {
+                None => None,
+                Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => Some((addr, l)),
+                    Err(e) => {
+                        self.release(prepared);
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("cannot listen on {addr} (admin): {e}"),
+                        ));
+                    }
+                },
+            });
+        }
+        Ok(prepared)
+    }
+
+    /// Undoes a [`Running::prepare`] that will not be committed.
+    fn release(&mut self, prepared: Prepared) {
+        for ((addr, _), inherited, listener) in prepared.listeners {
+            if inherited {
+                if let Ok(std) = listener.listener.into_std() {
+                    self.inherited.insert(addr, std);
+                }
+            }
+        }
+    }
+
+    /// Starts serving what [`Running::prepare`] bound and closes what the
+    /// config no longer has. Kept listeners keep their sockets, so a reload
+    /// never refuses a connection on them.
+    fn commit(&mut self, prepared: Prepared) {
+        for (key, _, listener) in prepared.listeners {
+            let Ok(bound) = listener.local_addr() else {
+                continue;
             };
-            let bound = listener.local_addr()?;
             tracing::info!(addr = %bound, tls = key.1, "listening");
             let task = tokio::spawn(listener.serve(self.shared.clone()));
-            self.listeners.insert(*key, (bound, task));
-            opened.push(*key);
+            self.listeners.insert(key, (bound, task));
         }
-        if self.admin.as_ref().map(|(want, _, _)| *want) != config.server.admin {
+        if let Some(admin) = prepared.admin {
             if let Some((_, _, task)) = self.admin.take() {
                 task.abort();
             }
-            if let Some(addr) = config.server.admin {
-                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot listen on {addr} (admin): {e}"))
-                })?;
-                let bound = listener.local_addr()?;
-                tracing::info!(addr = %bound, "admin listening");
-                let task = tokio::spawn(crate::admin::serve(listener, self.shared.clone()));
-                self.admin = Some((addr, bound, task));
+            if let Some((addr, listener)) = admin {
+                if let Ok(bound) = listener.local_addr() {
+                    tracing::info!(addr = %bound, "admin listening");
+                    let task = tokio::spawn(crate::admin::serve(listener, self.shared.clone()));
+                    self.admin = Some((addr, bound, task));
+                }
             }
         }
         let stale: Vec<_> = self
             .listeners
             .keys()
-            .filter(|k| !wanted.contains(k))
+            .filter(|k| !prepared.wanted.contains(k))
             .copied()
             .collect();
         for key in stale {
@@ -172,7 +182,6 @@ impl Running {
                 task.abort();
             }
         }
-        Ok(())
     }
 
     /// Loads `path` and, if it is good, swaps it in for new connections.
@@ -185,16 +194,16 @@ impl Running {
         result
     }
 
+    /// Everything that can fail (parse, certificates, binding new
+    /// addresses) happens before anything changes, so a refused reload
+    /// leaves the running listeners, admin and config exactly as they were.
     async fn try_reload(&mut self, path: &Path) -> Result<(), ReloadError> {
         let config = Config::load(path)?;
         let snapshot = Snapshot::build(config)?;
         let config = snapshot.config.clone();
-        let previous = self.shared.snapshot();
+        let prepared = self.prepare(&config).await.map_err(ReloadError::Listen)?;
         self.shared.replace(snapshot);
-        if let Err(e) = self.open_listeners(&config).await {
-            self.shared.replace_arc(previous);
-            return Err(ReloadError::Listen(e));
-        }
+        self.commit(prepared);
         Ok(())
     }
 
@@ -223,6 +232,67 @@ impl Running {
     }
 }
 
+/// Listeners bound for a config but not serving yet.
+struct Prepared {
+    /// Every (address, tls) the config has.
+    wanted: Vec<(SocketAddr, bool)>,
+    /// Newly bound: key, whether the socket was inherited, the listener.
+    listeners: Vec<((SocketAddr, bool), bool, Listener)>,
+    /// `Some` when the admin listener changes: the new one, or none.
+    admin: Option<Option<(SocketAddr, tokio::net::TcpListener)>>,
+}
+
+fn wanted(config: &Config) -> Vec<(SocketAddr, bool)> {
+    config
+        .server
+        .listen
+        .iter()
+        .map(|a| (*a, true))
+        .chain(config.server.listen_plain.iter().map(|a| (*a, false)))
+        .collect()
+}
+
+/// Listening sockets systemd passed (`LISTEN_FDS`), by address.
+#[derive(Debug, Default)]
+pub struct Inherited(HashMap<SocketAddr, std::net::TcpListener>);
+
+impl Inherited {
+    /// Takes the sockets systemd passed and clears `LISTEN_*` from the
+    /// environment. Call it before any thread starts: changing the
+    /// environment while another thread may read it is unsound.
+    pub fn take_from_env() -> Inherited {
+        use std::os::fd::FromRawFd;
+        let mut inherited = HashMap::new();
+        let fds = match sd_notify::listen_fds() {
+            Ok(fds) => fds,
+            Err(e) => {
+                eprintln!("sluice: ignoring LISTEN_FDS: {e}");
+                return Inherited(inherited);
+            }
+        };
+        for fd in fds {
+            // SAFETY: systemd hands these descriptors to this process (LISTEN_PID
+            // was checked by listen_fds) and nothing else in it owns them.
+            let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+            match listener.local_addr() {
+                Ok(addr) => {
+                    inherited.insert(addr, listener);
+                }
+                Err(e) => eprintln!("sluice: inherited descriptor {fd} is not a TCP listener: {e}"),
+            }
+        }
+        Inherited(inherited)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// How a drain went.
 #[derive(Debug, Clone, Copy)]
 pub struct DrainReport {
@@ -242,14 +312,20 @@ pub enum ReloadError {
 }
 
 /// `sluice run`: serve until SIGTERM/SIGINT.
-pub async fn run(path: PathBuf) -> anyhow::Result<()> {
+///
+/// `inherited`: the sockets systemd passed, taken before the runtime started
+/// ([`Inherited::take_from_env`]).
+pub async fn run(path: PathBuf, inherited: Inherited) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives while starting must not take the
     // default action (terminate) once the process has told systemd it is up.
     let mut signals = Signals::new()?;
     let config = Config::load(&path)?;
     let snapshot = Snapshot::build(config)?;
     let shared = Shared::new(snapshot);
-    let mut running = Running::start(shared.clone()).await?;
+    for addr in inherited.0.keys() {
+        tracing::info!(%addr, "inherited socket from systemd");
+    }
+    let mut running = Running::start_with(shared.clone(), inherited).await?;
     spawn_housekeeping(shared.clone());
     notify(&[NotifyState::Ready]);
     tracing::info!(config = %path.display(), "sluice ready");

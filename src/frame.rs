@@ -257,18 +257,14 @@ pub fn encode_close(
 }
 
 /// Unpredictable bytes for masking keys and `Sec-WebSocket-Key`s that
-/// sluice makes itself (RFC 6455 §5.3, §4.1). std's randomly seeded hasher
-/// gives them without another dependency; no cryptographic strength is
-/// needed, only that a peer cannot guess them.
+/// sluice makes itself (RFC 6455 §5.3, §4.1), from the operating system's
+/// CSPRNG.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
-    use std::hash::{BuildHasher, Hasher};
     let mut out = [0u8; N];
-    for chunk in out.chunks_mut(8) {
-        let v = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        chunk.copy_from_slice(&v.to_ne_bytes()[..chunk.len()]);
-    }
+    // Masking keys and Sec-WebSocket-Keys need strong entropy (RFC 6455
+    // §5.3, §10.3); sluice makes them only for its own Close frames and h2
+    // handshakes, so one system call each costs nothing that matters.
+    getrandom::fill(&mut out).expect("the operating system's random source failed");
     out
 }
 

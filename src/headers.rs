@@ -59,6 +59,9 @@ pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 pub struct ClientAddr {
     /// The address limits are keyed by.
     pub ip: IpAddr,
+    /// The peer is in `trusted_proxies`: what it says about the client
+    /// (X-Forwarded-*, Forwarded, X-Real-IP) may be passed on.
+    pub peer_trusted: bool,
 }
 
 /// Resolves the client IP and the `X-Forwarded-For` value to send on.
@@ -72,9 +75,16 @@ pub fn forwarded_for(
     peer: IpAddr,
     trusted: &[IpNet],
 ) -> (ClientAddr, HeaderValue) {
+    // IPv4-mapped IPv6 (a dual-stack listener's view of an IPv4 peer) is
+    // compared and written as the IPv4 address it is.
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
-        return (ClientAddr { ip: peer }, ip_value(peer));
+        let client = ClientAddr {
+            ip: peer,
+            peer_trusted: false,
+        };
+        return (client, ip_value(peer));
     }
     let prior: Vec<&str> = headers
         .get_all(header::HeaderName::from_static("x-forwarded-for"))
@@ -86,7 +96,7 @@ pub fn forwarded_for(
         .collect();
     let mut client = peer;
     for hop in prior.iter().rev() {
-        match hop.parse::<IpAddr>() {
+        match hop.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
             Ok(ip) if is_trusted(&ip) => client = ip,
             Ok(ip) => {
                 client = ip;
@@ -102,16 +112,43 @@ pub fn forwarded_for(
     }
     joined.push_str(&peer.to_string());
     let value = HeaderValue::from_str(&joined).unwrap_or_else(|_| ip_value(peer));
-    (ClientAddr { ip: client }, value)
+    let client = ClientAddr {
+        ip: client,
+        peer_trusted: true,
+    };
+    (client, value)
 }
+
+/// What a client says about where a request came from, believed only from
+/// a trusted proxy (sluice sets the X-Forwarded-For/-Proto/-Host family
+/// itself).
+const CLIENT_ORIGIN_CLAIMS: [&str; 4] = [
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+];
 
 fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
 }
 
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host` on a request about to be
-/// forwarded. `host` is the client's Host (or `:authority`).
-pub fn set_forwarded(headers: &mut HeaderMap, xff: HeaderValue, tls: bool, host: Option<&str>) {
+/// forwarded, and removes the other forwarding claims (`Forwarded`,
+/// `X-Real-IP`, `X-Forwarded-Port`, `-Prefix`) unless the peer is trusted.
+/// `host` is the client's Host (or `:authority`).
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: &ClientAddr,
+    xff: HeaderValue,
+    tls: bool,
+    host: Option<&str>,
+) {
+    if !client.peer_trusted {
+        for name in CLIENT_ORIGIN_CLAIMS {
+            headers.remove(name);
+        }
+    }
     headers.insert("x-forwarded-for", xff);
     headers.insert(
         "x-forwarded-proto",
@@ -186,6 +223,40 @@ mod tests {
         let (c, v) = forwarded_for(&HeaderMap::new(), "10.0.0.9".parse().unwrap(), &trusted);
         assert_eq!(c.ip, "10.0.0.9".parse::<IpAddr>().unwrap());
         assert_eq!(v, "10.0.0.9");
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_are_ipv4() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
+        let h = map(&[("x-forwarded-for", "203.0.113.7")]);
+        let (c, v) = forwarded_for(&h, "::ffff:127.0.0.1".parse().unwrap(), &trusted);
+        assert!(c.peer_trusted);
+        assert_eq!(c.ip, "203.0.113.7".parse::<IpAddr>().unwrap());
+        assert_eq!(v, "203.0.113.7, 127.0.0.1");
+        let (c, v) = forwarded_for(&h, "::ffff:10.0.0.1".parse().unwrap(), &trusted);
+        assert_eq!(c.ip, "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(v, "10.0.0.1");
+    }
+
+    #[test]
+    fn forwarding_claims_of_untrusted_peers_are_removed() {
+        let claims = [
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-port", "1"),
+            ("x-forwarded-prefix", "/evil"),
+        ];
+        for trusted in [false, true] {
+            let mut h = map(&claims);
+            let client = ClientAddr {
+                ip: "10.0.0.9".parse().unwrap(),
+                peer_trusted: trusted,
+            };
+            set_forwarded(&mut h, &client, ip_value(client.ip), true, None);
+            for (name, _) in claims {
+                assert_eq!(h.contains_key(name), trusted, "{name}");
+            }
+        }
     }
 
     #[test]

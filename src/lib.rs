@@ -33,6 +33,7 @@ pub mod admin;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod daemon;
 pub mod demo;
 pub mod frame;

@@ -21,7 +21,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => {
-            runtime().and_then(|rt| rt.block_on(sluice::daemon::run(config)))
+            // Both touch process-wide state, so they run while this is the
+            // only thread (the environment is unsafe to change later).
+            let inherited = sluice::daemon::Inherited::take_from_env();
+            sluice::conn::raise_open_file_limit();
+            runtime().and_then(|rt| rt.block_on(sluice::daemon::run(config, inherited)))
         }
         Command::Demo => runtime().and_then(|rt| rt.block_on(sluice::demo::run())),
     };

@@ -56,6 +56,44 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// Why sluice closed a client connection that had no tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// No complete first request head (or TLS handshake) within
+    /// `handshake_timeout` of accept.
+    HandshakeTimeout,
+    /// Idle between requests (h2: no open stream) for `keepalive_timeout`.
+    KeepaliveTimeout,
+    /// `server.max_client_connections_per_ip` reached.
+    PerIpCap,
+    /// The TLS handshake failed.
+    TlsFailed,
+}
+
+impl CloseReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::KeepaliveTimeout => "keepalive_timeout",
+            CloseReason::PerIpCap => "per_ip_cap",
+            CloseReason::TlsFailed => "tls_failed",
+        }
+    }
+}
+
+impl From<crate::conn::Refused> for CloseReason {
+    fn from(r: crate::conn::Refused) -> CloseReason {
+        match r {
+            crate::conn::Refused::PerIpCap => CloseReason::PerIpCap,
+        }
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. ~16 s
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -77,6 +115,7 @@ pub struct Metrics {
     pub backend_connect_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub handshake_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub reloads: Family<ResultLabel, Counter>,
+    pub client_connections_closed: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -101,6 +140,7 @@ impl Metrics {
             backend_connect_seconds: Family::new_with_constructor(latency_histogram),
             handshake_seconds: Family::new_with_constructor(latency_histogram),
             reloads: Family::default(),
+            client_connections_closed: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -151,7 +191,20 @@ impl Metrics {
             m.handshake_seconds.clone(),
         );
         registry.register("reloads", "Config reloads by result", m.reloads.clone());
+        registry.register(
+            "client_connections_closed",
+            "Client connections sluice closed or refused before any tunnel, by reason",
+            m.client_connections_closed.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    pub fn connection_closed(&self, reason: CloseReason) {
+        self.client_connections_closed
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -38,6 +38,9 @@ pub struct ConnCtx {
     pub shared: Arc<Shared>,
     pub snapshot: Arc<Snapshot>,
     pub conn: ConnInfo,
+    /// The connection's places under the ceilings and its busy count; a
+    /// tunnel holds it on after the HTTP connection is gone.
+    pub client: Arc<crate::conn::Client>,
 }
 
 /// Why a request was not proxied.
@@ -45,6 +48,8 @@ pub struct ConnCtx {
 pub enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("bad request: {0}")]
+    BadPath(#[from] route::PathError),
     #[error("unsupported WebSocket version")]
     WrongWebSocketVersion,
     #[error("method not allowed")]
@@ -78,7 +83,7 @@ impl ProxyError {
     /// The contract's status table. Exhaustive: a new error must pick a status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::WrongWebSocketVersion => StatusCode::UPGRADE_REQUIRED,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -97,6 +102,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
             ProxyError::BadRequest(_)
+            | ProxyError::BadPath(_)
             | ProxyError::WrongWebSocketVersion
             | ProxyError::MethodNotAllowed
             | ProxyError::NoRoute
@@ -114,6 +120,7 @@ impl ProxyError {
     pub fn reason(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_)
+            | ProxyError::BadPath(_)
             | ProxyError::WrongWebSocketVersion
             | ProxyError::MethodNotAllowed => "bad_request",
             ProxyError::NoRoute => "no_route",
@@ -191,13 +198,21 @@ pub async fn serve(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body
 
 async fn route_request(
     ctx: &ConnCtx,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let extended_connect = req.extensions().get::<hyper::ext::Protocol>().is_some();
     if req.method() == Method::CONNECT && !extended_connect {
         return Err(ProxyError::MethodNotAllowed);
     }
-    let host = request_host(&req)?;
+    // Routes match what the backend will be sent, so no spelling of a path
+    // or host can reach one route's policy and another's backend.
+    let host = request_host(&req)?.map(|h| match route::normalize_host(&h) {
+        std::borrow::Cow::Borrowed(_) => h,
+        std::borrow::Cow::Owned(n) => n,
+    });
+    if let std::borrow::Cow::Owned(path) = route::normalize_path(req.uri().path())? {
+        set_path(&mut req, &path)?;
+    }
     let picked = ctx
         .snapshot
         .router
@@ -218,8 +233,10 @@ async fn route_request(
         .get_or_create(&route)
         .clone();
     in_flight.inc();
+    // Decremented however the request ends, including a client that hangs
+    // up mid-request (hyper then drops this future).
+    let _in_flight = InFlight(in_flight);
     let result = forward(ctx, &picked, host.as_deref(), req).await;
-    in_flight.dec();
     let status = match &result {
         Ok(resp) => resp.status(),
         Err(e) => e.status(),
@@ -232,6 +249,29 @@ async fn route_request(
         })
         .inc();
     result
+}
+
+/// One request in `sluice_http_requests_in_flight`.
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Replaces the request's path, keeping its query (and on h2 its scheme and
+/// authority) unchanged.
+fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), ProxyError> {
+    const BAD: ProxyError = ProxyError::BadRequest("request target cannot be normalized");
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(pq.parse().map_err(|_| BAD)?);
+    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| BAD)?;
+    Ok(())
 }
 
 /// The request's host: `Host`, or `:authority` on h2. Two Host or two Origin
@@ -284,12 +324,12 @@ async fn forward(
     // Upgrade tokens other than websocket (h2c and others) are hop-by-hop and
     // go with the rest: the request continues as plain HTTP (contract).
     headers::strip_hop_by_hop(&mut parts.headers);
-    let (_, xff) = headers::forwarded_for(
+    let (client, xff) = headers::forwarded_for(
         &parts.headers,
         ctx.conn.peer.ip(),
         &ctx.snapshot.config.server.trusted_proxies,
     );
-    headers::set_forwarded(&mut parts.headers, xff, ctx.conn.tls, host);
+    headers::set_forwarded(&mut parts.headers, &client, xff, ctx.conn.tls, host);
     if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
         parts.headers.insert(header::HOST, h);
     }

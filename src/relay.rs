@@ -40,6 +40,12 @@ use crate::stream::Peer;
 
 /// Bytes read from a socket in one go. 16 KiB holds one full TLS record.
 const BUF_LEN: usize = 16 * 1024;
+/// A direction waiting with a partial frame header or Close frame held (at
+/// most 131 bytes) keeps them in a buffer this small, not a read buffer, so
+/// a peer that sends one byte of a header and stops pins almost nothing.
+/// Streams that cannot signal readiness (WebSocket over h2) also wait with
+/// one of these.
+const SMALL_BUF_LEN: usize = 256;
 /// The read size for a direction whose last read filled its buffer: bulk
 /// transfers then cost a quarter of the system calls per byte.
 const BIG_BUF_LEN: usize = 64 * 1024;
@@ -55,12 +61,31 @@ pub const RSV1: u8 = 0b100;
 pub struct Policy {
     pub max_frame_bytes: u64,
     pub max_message_bytes: u64,
-    /// RSV bits the negotiated extensions allow (`RSV1` with permessage-deflate).
+    /// RSV bits the negotiated extensions allow on the first frame of a
+    /// message and on control frames' data siblings (`RSV1` with
+    /// permessage-deflate).
     pub allowed_rsv: u8,
+    /// RSV bits allowed on continuation frames: permessage-deflate's RSV1
+    /// marks only a message's first frame (RFC 7692 §6), while an extension
+    /// sluice does not know may use any bit on any frame.
+    pub allowed_rsv_continuation: u8,
     pub idle_timeout: Duration,
-    /// Client-to-backend data messages per second, burst and what to do above.
+    /// Client-to-backend frames (of any opcode) per second, burst and what
+    /// to do above.
     pub message_rate: Option<(u32, u32, OnMessageRate)>,
 }
+
+/// The counters a tunnel adds its traffic to while it lives (frames and
+/// bytes, indexed by `Direction as usize`), at most once a second, so the
+/// relay's hot path touches only its own counts.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub frames: [prometheus_client::metrics::counter::Counter; 2],
+    pub bytes: [prometheus_client::metrics::counter::Counter; 2],
+}
+
+/// How often a tunnel with new traffic adds it to the [`Live`] counters.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// Which way bytes flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,6 +304,9 @@ struct Control {
     done: [AtomicBool; 2],
     bytes: [AtomicU64; 2],
     frames: [AtomicU64; 2],
+    /// What of `bytes` and `frames` has been added to the [`Live`] counters.
+    flushed_bytes: [AtomicU64; 2],
+    flushed_frames: [AtomicU64; 2],
     ending: OnceLock<Ending>,
 }
 
@@ -296,6 +324,8 @@ impl Control {
             done: [AtomicBool::new(false), AtomicBool::new(false)],
             bytes: [AtomicU64::new(0), AtomicU64::new(0)],
             frames: [AtomicU64::new(0), AtomicU64::new(0)],
+            flushed_bytes: [AtomicU64::new(0), AtomicU64::new(0)],
+            flushed_frames: [AtomicU64::new(0), AtomicU64::new(0)],
             ending: OnceLock::new(),
         }
     }
@@ -334,6 +364,27 @@ impl Control {
             self.close_request[i].compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
     }
 
+    /// Traffic not yet added to the [`Live`] counters.
+    fn unflushed(&self) -> bool {
+        (0..2).any(|i| {
+            self.bytes[i].load(Ordering::Relaxed) != self.flushed_bytes[i].load(Ordering::Relaxed)
+                || self.frames[i].load(Ordering::Relaxed)
+                    != self.flushed_frames[i].load(Ordering::Relaxed)
+        })
+    }
+
+    /// Adds the traffic since the last flush to the [`Live`] counters.
+    fn flush(&self, live: &Live) {
+        for i in 0..2 {
+            let bytes = self.bytes[i].load(Ordering::Relaxed);
+            let before = self.flushed_bytes[i].swap(bytes, Ordering::Relaxed);
+            live.bytes[i].inc_by(bytes - before);
+            let frames = self.frames[i].load(Ordering::Relaxed);
+            let before = self.flushed_frames[i].swap(frames, Ordering::Relaxed);
+            live.frames[i].inc_by(frames - before);
+        }
+    }
+
     fn end(&self, ending: Ending) {
         let _ = self.ending.set(ending);
     }
@@ -362,6 +413,7 @@ pub fn run<C: Peer, B: Peer>(
     backend: B,
     backend_pre: Bytes,
     policy: Policy,
+    live: Live,
     shutdown: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = Report> + Send {
     let ctl = Control::new();
@@ -380,6 +432,7 @@ pub fn run<C: Peer, B: Peer>(
             &backend,
             backend_pre,
             &policy,
+            &live,
             &mut shutdown,
         )
         .await
@@ -417,6 +470,7 @@ async fn tunnel<C: Peer, B: Peer>(
     backend: &Mutex<B>,
     backend_pre: Pending,
     policy: &Policy,
+    live: &Live,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Report {
     let mut upstream = Half::new(
@@ -469,9 +523,39 @@ async fn tunnel<C: Peer, B: Peer>(
         let timer = sleep_until(ctl.next_deadline(idle).0);
         tokio::pin!(timer);
         let mut draining = false;
+        // A tunnel opened after the drain began (its upgrade was waiting for
+        // the backend) has missed the change: it is closed like the rest.
+        if *shutdown.borrow_and_update() {
+            draining = true;
+            ctl.end(Ending::Drain);
+            ctl.request_close(Side::Client, 1001);
+            ctl.request_close(Side::Backend, 1001);
+        }
+        // When traffic not yet on /metrics must be flushed; no timer is
+        // armed for it while the tunnel is idle.
+        let mut flush_at: Option<Instant> = None;
+        let new_traffic = std::future::poll_fn(|_| {
+            if ctl.unflushed() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        tokio::pin!(new_traffic);
         let linger = loop {
             tokio::select! {
+                _ = &mut new_traffic, if flush_at.is_none() => {
+                    let at = Instant::now() + FLUSH_EVERY;
+                    flush_at = Some(at);
+                    if at < timer.deadline() {
+                        timer.as_mut().reset(at);
+                    }
+                }
                 _ = &mut timer => {
+                    if flush_at.is_some_and(|at| Instant::now() >= at) {
+                        ctl.flush(live);
+                        flush_at = None;
+                    }
                     let (deadline, stalled) = ctl.next_deadline(idle);
                     if let Some(toward) = stalled {
                         // The direction writing toward `toward` is stuck in
@@ -487,7 +571,7 @@ async fn tunnel<C: Peer, B: Peer>(
                         // An idle peer may sit mid-frame forever; do not wait for it.
                         break LINGER * 2;
                     }
-                    timer.as_mut().reset(deadline);
+                    timer.as_mut().reset(flush_at.map_or(deadline, |at| at.min(deadline)));
                 }
                 changed = shutdown.changed(), if !draining => {
                     if changed.is_err() || *shutdown.borrow() {
@@ -511,6 +595,7 @@ async fn tunnel<C: Peer, B: Peer>(
         _ = relay => {}
         _ = watchdog => {}
     }
+    ctl.flush(live);
     let ending = ctl.ending.get().copied().unwrap_or(Ending::Closed);
     Report {
         ending,
@@ -582,6 +667,9 @@ struct Half<'a, R, W> {
     waits_without_buffer: bool,
     /// The last read filled the buffer: read with a big one next.
     busy: bool,
+    /// The last read returned data: the sender is talking, so a stream
+    /// without readiness reads with a full buffer next.
+    talking: bool,
     phase: Phase,
 }
 
@@ -645,6 +733,7 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
             bucket,
             waits_without_buffer: lock(src).has_readiness(),
             busy: false,
+            talking: false,
             phase: Phase::Read,
         }
     }
@@ -786,10 +875,13 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
             if code != 0 && self.remaining == 0 {
                 return Poll::Ready(Input::CloseRequested(code));
             }
-            if self.buf.is_none() {
-                // An error shows up in the read that follows.
-                let _ = std::task::ready!(lock(self.src).poll_read_ready(cx));
-                self.buf = Some(pool::take(BUF_LEN));
+            let small = self.buf.as_ref().is_none_or(|b| b.len() < BUF_LEN);
+            if small && (self.waits_without_buffer || self.talking) {
+                if self.waits_without_buffer {
+                    // An error shows up in the read that follows.
+                    let _ = std::task::ready!(lock(self.src).poll_read_ready(cx));
+                }
+                self.resize(BUF_LEN);
             }
             let held = self.held;
             if self.busy && held == 0 && self.buf.as_ref().is_some_and(|b| b.len() < BIG_BUF_LEN) {
@@ -797,26 +889,54 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
                     pool::give(small);
                 }
             }
-            let buf = self.buf.as_mut().expect("taken above");
+            let buf = self
+                .buf
+                .get_or_insert_with(|| vec![0; SMALL_BUF_LEN].into_boxed_slice());
             let room = buf.len() - held;
             let mut rb = ReadBuf::new(&mut buf[held..]);
             match Pin::new(&mut *lock(self.src)).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Input::Ended),
                 Poll::Ready(Ok(())) => {
                     self.busy = rb.filled().len() == room;
+                    self.talking = true;
                     return Poll::Ready(Input::Data(rb.filled().len()));
                 }
                 Poll::Ready(Err(_)) => return Poll::Ready(Input::Ended),
-                // Spurious readiness: give the buffer back and wait again.
-                Poll::Pending if self.waits_without_buffer && held == 0 => {
+                // The sender went quiet: wait holding at most a small buffer
+                // for a partial header (none at all when the stream signals
+                // readiness and nothing is held).
+                Poll::Pending => {
                     self.busy = false;
-                    if let Some(buf) = self.buf.take() {
-                        pool::give(buf);
+                    self.talking = false;
+                    if self.waits_without_buffer && held == 0 {
+                        if let Some(buf) = self.buf.take() {
+                            pool::give(buf);
+                        }
+                        // Spurious readiness: wait again, without a buffer.
+                        continue;
                     }
+                    if self.buf.as_ref().is_some_and(|b| b.len() > SMALL_BUF_LEN) {
+                        self.resize(SMALL_BUF_LEN);
+                    }
+                    return Poll::Pending;
                 }
-                Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    /// Moves the held bytes into a buffer of `len` (`SMALL_BUF_LEN`,
+    /// `BUF_LEN`), giving the old one back.
+    fn resize(&mut self, len: usize) {
+        let mut new = if len == SMALL_BUF_LEN {
+            vec![0; SMALL_BUF_LEN].into_boxed_slice()
+        } else {
+            pool::take(len)
+        };
+        if let Some(old) = self.buf.take() {
+            new[..self.held].copy_from_slice(&old[..self.held]);
+            pool::give(old);
+        }
+        self.buf = Some(new);
     }
 
     /// Scans `buf[start..len]` and returns how far the bytes are checked and
@@ -866,7 +986,8 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
             if let Err(v) = self.check(&header, policy) {
                 return (pos, Scan::Violation(v));
             }
-            if header.opcode == frame::opcode::CLOSE {
+            let close = header.opcode == frame::opcode::CLOSE;
+            if close {
                 let total = usize::from(header.header_len) + header.payload_len as usize;
                 if len - pos < total {
                     return (pos, Scan::Read);
@@ -874,19 +995,21 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
                 if let Err(e) = check_close(&header, &buf[pos..pos + total]) {
                     return (pos, Scan::Violation(Violation::BadClose(e)));
                 }
+            }
+            // Every client frame costs a token, whatever its opcode: empty
+            // continuations or pings must not dodge the rate (contract).
+            if let Some((bucket, mode)) = &mut self.bucket {
+                if let Err(wait) = bucket.take(std::time::Instant::now()) {
+                    let step = match mode {
+                        OnMessageRate::Close => Scan::Violation(Violation::MessageRateExceeded),
+                        OnMessageRate::Throttle => Scan::Throttle(wait),
+                    };
+                    return (pos, step);
+                }
+            }
+            if close {
                 ctl.saw_close[self.dir.index()].store(true, Ordering::Release);
                 self.closed_dst = true;
-            }
-            if header.is_data() {
-                if let Some((bucket, mode)) = &mut self.bucket {
-                    if let Err(wait) = bucket.take(std::time::Instant::now()) {
-                        let step = match mode {
-                            OnMessageRate::Close => Scan::Violation(Violation::MessageRateExceeded),
-                            OnMessageRate::Throttle => Scan::Throttle(wait),
-                        };
-                        return (pos, step);
-                    }
-                }
             }
             self.account(&header);
             ctl.frames[self.dir.index()].fetch_add(1, Ordering::Relaxed);
@@ -923,7 +1046,7 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
         }
         let continuation = h.opcode == frame::opcode::CONTINUATION;
         let allowed = if continuation {
-            policy.allowed_rsv & !RSV1
+            policy.allowed_rsv_continuation
         } else {
             policy.allowed_rsv
         };

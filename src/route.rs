@@ -1,6 +1,7 @@
 //! Picking a route for a request: the first `[[route]]` whose host and path
 //! prefix match wins (contract). Pure apart from the round-robin cursor.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::config::{Config, Route};
@@ -91,6 +92,110 @@ fn path_matches(prefix: &str, path: &str) -> bool {
     path.starts_with(prefix)
 }
 
+/// Why a request path cannot be routed (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path climbs above /")]
+    AboveRoot,
+    #[error("%2F in a path")]
+    EncodedSlash,
+    #[error("%00 in a path")]
+    EncodedNul,
+    #[error("invalid percent-encoding in the path")]
+    BadPercent,
+}
+
+/// The path routes match and backends receive (contract, "Routing sees what
+/// the backend sees"): percent-encoded unreserved characters decoded, other
+/// escapes upper-cased (RFC 3986 §6.2.2), dot-segments removed (§5.2.4).
+/// Matching the raw path would let `/%61dmin` or `/x/../admin` reach
+/// another route's policy while the backend serves `/admin`.
+///
+/// `%2F` is refused rather than decoded: a backend that decodes it would see
+/// a different path than sluice matched, whichever way sluice chose. Paths
+/// that are not absolute (`*` of `OPTIONS *`) are left alone.
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+    if !path.starts_with('/') {
+        return Ok(Cow::Borrowed(path));
+    }
+    let dotted = |p: &str| p.split('/').any(|seg| seg == "." || seg == "..");
+    if !path.contains('%') && !dotted(path) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(path)?;
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded[1..].split('/').collect();
+    let last = segments.len() - 1;
+    for (i, seg) in segments.into_iter().enumerate() {
+        match seg {
+            "." => {}
+            ".." => {
+                out.pop().ok_or(PathError::AboveRoot)?;
+            }
+            s => {
+                out.push(s);
+                continue;
+            }
+        }
+        // `/a/.` and `/a/b/..` name a directory: keep the trailing slash.
+        if i == last {
+            out.push("");
+        }
+    }
+    let mut normal = String::with_capacity(decoded.len());
+    normal.push('/');
+    normal.push_str(&out.join("/"));
+    Ok(Cow::Owned(normal))
+}
+
+fn decode_unreserved(path: &str) -> Result<String, PathError> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(char::from(bytes[i]));
+            i += 1;
+            continue;
+        }
+        let hex = |b: u8| char::from(b).to_digit(16);
+        let (Some(hi), Some(lo)) = (
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) else {
+            return Err(PathError::BadPercent);
+        };
+        let byte = (hi * 16 + lo) as u8;
+        match byte {
+            b'/' => return Err(PathError::EncodedSlash),
+            0 => return Err(PathError::EncodedNul),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(char::from(byte))
+            }
+            _ => {
+                out.push('%');
+                out.push_str(&format!("{byte:02X}"));
+            }
+        }
+        i += 3;
+    }
+    Ok(out)
+}
+
+/// The host routes match and backends receive: lower case, without a
+/// trailing dot (`chat.example.com.` is the same name), port kept.
+pub fn normalize_host(authority: &str) -> Cow<'_, str> {
+    let host = host_without_port(authority);
+    let port = &authority[host.len()..];
+    let trimmed = host.strip_suffix('.').unwrap_or(host);
+    if trimmed.len() == host.len() && !authority.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Cow::Borrowed(authority);
+    }
+    let mut out = trimmed.to_ascii_lowercase();
+    out.push_str(port);
+    Cow::Owned(out)
+}
+
 /// Splits the port off a Host / :authority value, handling `[v6]:port`.
 pub fn host_without_port(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
@@ -158,6 +263,52 @@ backends = ["127.0.0.1:9004"]
             .map(|_| p.pool.pick(&[]).unwrap().backend().port)
             .collect();
         assert_eq!(ports, [9001, 9002, 9001, 9002]);
+    }
+
+    #[test]
+    fn paths_are_normalized_before_matching() {
+        let ok = [
+            ("/", "/"),
+            ("/admin", "/admin"),
+            ("/%61dmin", "/admin"),
+            ("/x/../admin", "/admin"),
+            ("/./admin", "/admin"),
+            ("/x/%2e%2E/y", "/y"),
+            ("/a/%2e", "/a/"),
+            ("/a/b/..", "/a/"),
+            ("/a/..", "/"),
+            ("/a%7eb%3f", "/a~b%3F"),
+            ("/a%20b", "/a%20b"),
+            ("/a//b/../c", "/a//c"),
+            ("*", "*"),
+        ];
+        for (raw, want) in ok {
+            assert_eq!(normalize_path(raw).unwrap(), want, "{raw}");
+        }
+        let bad = [
+            ("/..", PathError::AboveRoot),
+            ("/a/../../b", PathError::AboveRoot),
+            ("/%2e%2e/admin", PathError::AboveRoot),
+            ("/a%2Fb", PathError::EncodedSlash),
+            ("/a%2fb", PathError::EncodedSlash),
+            ("/a%00b", PathError::EncodedNul),
+            ("/a%zz", PathError::BadPercent),
+            ("/a%4", PathError::BadPercent),
+        ];
+        for (raw, want) in bad {
+            assert_eq!(normalize_path(raw), Err(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_normalized_before_matching() {
+        assert_eq!(normalize_host("Chat.Example.com."), "chat.example.com");
+        assert_eq!(
+            normalize_host("chat.example.com.:8443"),
+            "chat.example.com:8443"
+        );
+        assert_eq!(normalize_host("chat.example.com"), "chat.example.com");
+        assert_eq!(normalize_host("[::1]:80"), "[::1]:80");
     }
 
     #[test]

@@ -12,8 +12,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::timeout;
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
+use crate::conn::{self, Busy, Client, State};
+use crate::metrics::CloseReason;
 use crate::proxy::{self, ConnCtx, ConnInfo};
 use crate::shared::{Shared, Snapshot};
 use crate::stream::{ClientStream, Corked, MaybeTls};
@@ -57,6 +59,10 @@ impl Listener {
 
     /// Accepts until the drain starts. Each connection runs in its own task
     /// with the snapshot that was current when it was accepted.
+    ///
+    /// A place under `server.max_client_connections` is taken before
+    /// `accept`, so at the ceiling new connections wait in the kernel's
+    /// backlog and descriptors stay free for backends.
     pub async fn serve(self, shared: Arc<Shared>) {
         let mut shutdown = shared.shutdown_signal();
         let local = self.listener.local_addr().ok();
@@ -64,22 +70,45 @@ impl Listener {
         // address; only a wildcard bind needs asking per connection.
         let fixed_local = local.filter(|a| !a.ip().is_unspecified());
         loop {
+            let place = tokio::select! {
+                p = shared.ceiling.acquire() => p,
+                _ = crate::shared::drain_started(&mut shutdown) => break,
+            };
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
                 _ = crate::shared::drain_started(&mut shutdown) => break,
             };
             match accepted {
                 Ok((tcp, peer)) => {
+                    // A dual-stack listener sees IPv4 clients as
+                    // ::ffff:a.b.c.d; every rule compares them as IPv4.
+                    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+                    let snapshot = shared.snapshot();
+                    let per_ip = snapshot.config.server.max_client_connections_per_ip;
+                    let per_ip = match conn::admit(&shared.client_conns, peer.ip(), per_ip) {
+                        Ok(guard) => guard,
+                        Err(refused) => {
+                            shared.metrics.connection_closed(CloseReason::from(refused));
+                            if let Some(suppressed) =
+                                shared.per_ip_log.pass(Instant::now(), shared.started)
+                            {
+                                tracing::info!(%peer, max = per_ip, suppressed, "connection refused: max_client_connections_per_ip reached");
+                            }
+                            drop(tcp);
+                            continue;
+                        }
+                    };
+                    let client = Client::new(Instant::now(), Some(place), per_ip);
                     let shared = shared.clone();
                     let tls = self.tls;
                     tokio::spawn(async move {
-                        let snapshot = shared.snapshot();
-                        connection(tcp, peer, fixed_local, tls, shared, snapshot).await;
+                        connection(tcp, peer, fixed_local, tls, shared, snapshot, client).await;
                     });
                 }
                 Err(e) => {
                     // Typically EMFILE: back off rather than spin, and keep
                     // the listener (mini-redis does the same).
+                    drop(place);
                     tracing::warn!(listener = ?local, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -97,6 +126,7 @@ async fn connection(
     tls: bool,
     shared: Arc<Shared>,
     snapshot: Arc<Snapshot>,
+    client: Arc<Client>,
 ) {
     let _tracked = shared.http_conns.track();
     shared.metrics.http_connections_open.inc();
@@ -114,6 +144,8 @@ async fn connection(
         Some(peer.ip()),
     );
     let handshake_timeout = snapshot.config.server.handshake_timeout;
+    // The TLS handshake and the first request head share one deadline.
+    let head_deadline = client.accepted() + handshake_timeout;
 
     let stream: ClientStream = if tls {
         let Some(acceptor) = snapshot.acceptor.clone() else {
@@ -132,13 +164,17 @@ async fn connection(
             }
             Ok::<_, io::Error>(s)
         };
-        match timeout(handshake_timeout, handshake).await {
+        match timeout_at(head_deadline, handshake).await {
             Ok(Ok(s)) => MaybeTls::Tls(Box::new(s)),
             Ok(Err(e)) => {
+                shared.metrics.connection_closed(CloseReason::TlsFailed);
                 tracing::info!(%peer, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => {
+                shared
+                    .metrics
+                    .connection_closed(CloseReason::HandshakeTimeout);
                 tracing::info!(%peer, timeout_ms = handshake_timeout.as_millis() as u64, "TLS handshake timed out");
                 return;
             }
@@ -151,22 +187,100 @@ async fn connection(
         shared: shared.clone(),
         snapshot: snapshot.clone(),
         conn: ConnInfo { peer, local, tls },
+        client: client.clone(),
     };
-    let service = service_fn(move |req| proxy::serve(ctx.clone(), req));
-    let builder = http_builder(handshake_timeout);
+    let service = service_fn(move |req| {
+        // Busy until the response body has been sent.
+        let busy = ctx.client.begin();
+        let ctx = ctx.clone();
+        async move {
+            let resp = proxy::serve(ctx, req).await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Sending { body, _busy: busy }))
+        }
+    });
+    let builder = http_builder();
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut shutdown = shared.shutdown_signal();
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = crate::shared::drain_started(&mut shutdown) => {
-            // Finish in-flight requests, then close (contract: drain).
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let keepalive = snapshot.config.server.keepalive_timeout;
+    // One timer for the connection's deadlines: the first request head's,
+    // then the keep-alive's each time the connection falls idle. Requests
+    // in progress have none here (the backend's own timeouts bound them).
+    let timer = sleep_until(head_deadline);
+    tokio::pin!(timer);
+    let mut armed = true;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = crate::shared::drain_started(&mut shutdown) => {
+                // Finish in-flight requests, then close (contract: drain).
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
+            _ = client.changed() => {}
+            _ = &mut timer, if armed => {}
+        }
+        let now = Instant::now();
+        armed = true;
+        match client.state() {
+            State::Opening if now >= head_deadline => {
+                // Zero bytes, part of the h2 preface, or part of a head:
+                // hyper has no timer before it knows the protocol.
+                shared
+                    .metrics
+                    .connection_closed(CloseReason::HandshakeTimeout);
+                tracing::info!(%peer, timeout_ms = handshake_timeout.as_millis() as u64, "connection closed: no complete request head within handshake_timeout");
+                return;
+            }
+            State::Opening => timer.as_mut().reset(head_deadline),
+            State::Busy => armed = false,
+            State::Idle(since) if now >= since + keepalive => {
+                shared
+                    .metrics
+                    .connection_closed(CloseReason::KeepaliveTimeout);
+                tracing::debug!(%peer, timeout_ms = keepalive.as_millis() as u64, "idle connection closed (keepalive_timeout)");
+                // h1: closes at once; h2: GOAWAY, then close.
+                conn.as_mut().graceful_shutdown();
+                break match timeout(handshake_timeout, conn.as_mut()).await {
+                    Ok(r) => r,
+                    Err(_) => Ok(()),
+                };
+            }
+            State::Idle(since) => timer.as_mut().reset(since + keepalive),
         }
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %proxy::error_chain(e.as_ref()), "connection ended with an error");
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its connection busy until it has been
+    /// sent, so a long download is never mistaken for an idle connection.
+    struct Sending<B> {
+        #[pin]
+        body: B,
+        _busy: Busy,
+    }
+}
+
+impl<B: hyper::body::Body> hyper::body::Body for Sending<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -183,14 +297,16 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
-/// The HTTP server settings. The header-read timeout only works with a timer
-/// installed; it is what cuts off a slowloris client.
-fn http_builder(handshake_timeout: Duration) -> auto::Builder<TokioExecutor> {
+/// The HTTP server settings. hyper's own header-read timer is off: it starts
+/// only after the protocol sniff and runs during keep-alive idleness too, so
+/// `connection` keeps the deadlines itself (first head within
+/// `handshake_timeout` of accept; idle for `keepalive_timeout`).
+fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(handshake_timeout)
+        .header_read_timeout(None)
         .keep_alive(true);
     builder
         .http2()

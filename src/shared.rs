@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ConfigError};
+use crate::conn::{client_ceiling, Ceiling, LogGate};
 use crate::policy::rate::{ConnectionCounts, HandshakeLimiter};
 use crate::route::Router;
 
@@ -80,6 +81,13 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct Shared {
     current: ArcSwap<Snapshot>,
+    /// `server.max_client_connections`: accept pauses at this many.
+    pub ceiling: Arc<Ceiling>,
+    /// Open client connections per IP, for `max_client_connections_per_ip`.
+    pub client_conns: Arc<ConnectionCounts>,
+    /// One log line per second for refusals a flood controls the rate of.
+    pub per_ip_log: LogGate,
+    pub started: tokio::time::Instant,
     pub connections: Arc<ConnectionCounts>,
     /// Open client connections (HTTP) and open tunnels, counted apart.
     pub http_conns: Arc<Tracker>,
@@ -91,7 +99,12 @@ pub struct Shared {
 impl Shared {
     pub fn new(snapshot: Snapshot) -> Arc<Shared> {
         snapshot.start_health_checks();
+        let ceiling = client_ceiling(snapshot.config.server.max_client_connections);
         Arc::new(Shared {
+            ceiling: Arc::new(Ceiling::new(ceiling)),
+            client_conns: Arc::new(ConnectionCounts::default()),
+            per_ip_log: LogGate::default(),
+            started: tokio::time::Instant::now(),
             current: ArcSwap::from_pointee(snapshot),
             connections: Arc::new(ConnectionCounts::default()),
             http_conns: Arc::default(),
@@ -107,10 +120,13 @@ impl Shared {
 
     pub fn replace(&self, snapshot: Snapshot) {
         snapshot.start_health_checks();
-        self.current.store(Arc::new(snapshot));
+        self.replace_arc(Arc::new(snapshot));
     }
 
     pub fn replace_arc(&self, snapshot: Arc<Snapshot>) {
+        self.ceiling.set_max(client_ceiling(
+            snapshot.config.server.max_client_connections,
+        ));
         self.current.store(snapshot);
     }
 

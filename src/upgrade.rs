@@ -59,14 +59,11 @@ pub async fn handle(
 ) -> Result<Response<Body>, ProxyError> {
     let started = std::time::Instant::now();
     let result = handshake(ctx, picked, host, req).await;
+    // Counted by what happened, not by the status the client sees: on h2 a
+    // tunnel is a 200, and a backend's 200 refusal is not a tunnel.
     let outcome = match &result {
-        Ok(resp)
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                || resp.status() == StatusCode::OK =>
-        {
-            "accepted"
-        }
-        Ok(_) => "refused_by_backend",
+        Ok(Answered::Tunnel(_)) => "accepted",
+        Ok(Answered::Refusal(_)) => "refused_by_backend",
         Err(e) => e.reason(),
     };
     let metrics = &ctx.shared.metrics;
@@ -83,7 +80,17 @@ pub async fn handle(
             route: picked.label.to_owned(),
         })
         .observe(started.elapsed().as_secs_f64());
-    result
+    result.map(|answered| match answered {
+        Answered::Tunnel(resp) | Answered::Refusal(resp) => resp,
+    })
+}
+
+/// The response to an upgrade that reached the backend.
+enum Answered {
+    /// The backend accepted; the tunnel opens once this is sent.
+    Tunnel(Response<Body>),
+    /// The backend refused; its answer goes to the client as plain HTTP.
+    Refusal(Response<Body>),
 }
 
 async fn handshake(
@@ -91,7 +98,7 @@ async fn handshake(
     picked: &Picked<'_>,
     host: Option<&str>,
     mut req: Request<Incoming>,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Answered, ProxyError> {
     let h2 = req.version() == Version::HTTP_2;
     let key = validate(&req)?;
     let route = picked.route;
@@ -140,7 +147,7 @@ async fn handshake(
     if policy.strip_compression {
         strip_deflate_offer(&mut hdrs);
     }
-    headers::set_forwarded(&mut hdrs, xff, ctx.conn.tls, host);
+    headers::set_forwarded(&mut hdrs, &client, xff, ctx.conn.tls, host);
     if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
         hdrs.insert(header::HOST, h);
     }
@@ -191,11 +198,26 @@ async fn handshake(
         // client connection as HTTP, so pipelined bytes never reach this
         // backend as tunnel data.
         tracing::info!(peer = %ctx.conn.peer, route = picked.index, status = answer.status.as_u16(), "backend refused upgrade");
+        if h2 && answer.status.is_success() {
+            // On h2 a 2xx is how sluice says "tunnel open" (RFC 8441 §5);
+            // passing the backend's 200 on would tell the client a
+            // WebSocket is open when none is.
+            tracing::warn!(peer = %ctx.conn.peer, route = picked.index, status = answer.status.as_u16(), "backend answered a WebSocket upgrade with a success status, not 101; the h2 client gets 502");
+            let mut refusal = Response::new(Either::Right(Full::new(Bytes::from_static(
+                b"backend did not accept the WebSocket upgrade\n",
+            ))));
+            *refusal.status_mut() = StatusCode::BAD_GATEWAY;
+            refusal.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            return Ok(Answered::Refusal(refusal));
+        }
         let mut refusal = Response::new(Either::Right(Full::new(answer.rest)));
         *refusal.status_mut() = answer.status;
         *refusal.headers_mut() = answer.headers;
         headers::strip_hop_by_hop(refusal.headers_mut());
-        return Ok(refusal);
+        return Ok(Answered::Refusal(refusal));
     }
     let negotiated = check_backend_101(
         &answer.headers,
@@ -210,6 +232,7 @@ async fn handshake(
         max_frame_bytes: policy.max_frame_bytes,
         max_message_bytes: policy.max_message_bytes,
         allowed_rsv: negotiated.allowed_rsv,
+        allowed_rsv_continuation: negotiated.allowed_rsv_continuation,
         idle_timeout: ctx.snapshot.config.server.idle_timeout,
         message_rate: Some((
             route.limits.messages_per_second,
@@ -219,6 +242,10 @@ async fn handshake(
     };
     let shutdown = ctx.shared.shutdown_signal();
     let tracked = ctx.shared.tunnels.track();
+    // The tunnel keeps its client connection's places under the connection
+    // ceilings, and keeps an h2 connection that carries it from looking idle.
+    let busy = ctx.client.begin();
+    let live = TunnelLog::live(&ctx.shared.metrics, picked.label);
     let shared = ctx.shared.clone();
     let log = TunnelLog {
         peer: ctx.conn.peer,
@@ -250,6 +277,7 @@ async fn handshake(
             backend_io,
             backend_pre,
             tunnel_policy,
+            live,
             shutdown,
         )
         .await;
@@ -257,6 +285,7 @@ async fn handshake(
         drop(guard);
         log.record(&report, &shared.metrics);
         drop(lease);
+        drop(busy);
         drop(tracked);
     });
 
@@ -273,7 +302,7 @@ async fn handshake(
         *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     }
     *reply.headers_mut() = reply_headers;
-    Ok(reply)
+    Ok(Answered::Tunnel(reply))
 }
 
 /// RFC 6455 §4.2.1 (and RFC 8441 §4 for h2). Returns the client's key on
@@ -338,6 +367,7 @@ fn validate<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
 /// What the backend's 101 negotiated.
 struct Negotiated {
     allowed_rsv: u8,
+    allowed_rsv_continuation: u8,
 }
 
 /// Believes a 101 only if it is a real WebSocket acceptance of our key.
@@ -363,6 +393,7 @@ fn check_backend_101(
         ));
     }
     let mut allowed_rsv = 0;
+    let mut allowed_rsv_continuation = 0;
     for name in h
         .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
         .iter()
@@ -374,11 +405,14 @@ fn check_backend_101(
                 "backend accepted an extension that was not offered",
             ));
         }
-        allowed_rsv |= if name == "permessage-deflate" {
-            RSV1
+        if name == "permessage-deflate" {
+            // RFC 7692 §6: RSV1 on a message's first frame only.
+            allowed_rsv |= RSV1;
         } else {
-            0b111
-        };
+            // An extension sluice does not know may use any bit anywhere.
+            allowed_rsv |= 0b111;
+            allowed_rsv_continuation |= 0b111;
+        }
     }
     let chosen = tokens(h, header::SEC_WEBSOCKET_PROTOCOL);
     if chosen.len() > 1 || chosen.iter().any(|p| !offered_protocols.contains(p)) {
@@ -386,7 +420,10 @@ fn check_backend_101(
             "backend chose a subprotocol that was not offered",
         ));
     }
-    Ok(Negotiated { allowed_rsv })
+    Ok(Negotiated {
+        allowed_rsv,
+        allowed_rsv_continuation,
+    })
 }
 
 fn extension_names(v: &HeaderValue) -> Vec<String> {
@@ -450,23 +487,28 @@ struct TunnelLog {
 }
 
 impl TunnelLog {
-    /// One access-log line per closed tunnel, and its metrics.
-    fn record(&self, report: &relay::Report, metrics: &Metrics) {
-        let route = &self.route;
+    /// The frame and byte counters a tunnel on `route` adds to while it
+    /// lives (the relay flushes into them at most once a second).
+    fn live(metrics: &Metrics, route: &str) -> relay::Live {
+        let mut live = relay::Live::default();
         for (i, direction) in ["client_to_backend", "backend_to_client"]
             .into_iter()
             .enumerate()
         {
             let label = TrafficLabel {
-                route: route.clone(),
+                route: route.to_owned(),
                 direction,
             };
-            metrics
-                .frames
-                .get_or_create(&label)
-                .inc_by(report.frames[i]);
-            metrics.bytes.get_or_create(&label).inc_by(report.bytes[i]);
+            live.frames[i] = metrics.frames.get_or_create(&label).clone();
+            live.bytes[i] = metrics.bytes.get_or_create(&label).clone();
         }
+        live
+    }
+
+    /// One access-log line per closed tunnel, and its metrics (its frames
+    /// and bytes are on the live counters already).
+    fn record(&self, report: &relay::Report, metrics: &Metrics) {
+        let route = &self.route;
         for (i, direction) in ["to_client", "to_backend"].into_iter().enumerate() {
             if report.sent_close[i] != 0 {
                 metrics

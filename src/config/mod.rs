@@ -61,6 +61,14 @@ pub struct Server {
     /// Listeners are bound with `SO_REUSEPORT`, so several sluice processes
     /// on one host can share a port and the kernel spreads connections.
     pub reuse_port: bool,
+    /// An HTTP/1.1 connection between requests, or an h2 connection with no
+    /// open stream, is closed after this long.
+    pub keepalive_timeout: Duration,
+    /// Client connections the process keeps open at once; when reached,
+    /// accept pauses. 0 = half the open-file limit (see `socket::client_ceiling`).
+    pub max_client_connections: u32,
+    /// Client connections per client IP (IPv6: per /64); 0 = no cap.
+    pub max_client_connections_per_ip: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -521,6 +529,12 @@ impl Source<'_> {
             Duration::from_secs(300),
             "every tunnel would be closed at once",
         )?;
+        let keepalive_timeout = nonzero(
+            &raw.keepalive_timeout,
+            "server.keepalive_timeout",
+            Duration::from_secs(60),
+            "every connection would be closed after its first request",
+        )?;
         let shutdown_grace = raw
             .shutdown_grace
             .as_ref()
@@ -557,6 +571,9 @@ impl Source<'_> {
             trusted_proxies,
             tcp_congestion,
             reuse_port: raw.reuse_port.unwrap_or(false),
+            keepalive_timeout,
+            max_client_connections: raw.max_client_connections.unwrap_or(0),
+            max_client_connections_per_ip: raw.max_client_connections_per_ip.unwrap_or(0),
         })
     }
 

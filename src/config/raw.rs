@@ -53,6 +53,10 @@ pub struct RawServer {
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub tcp_congestion: Option<Spanned<String>>,
     pub reuse_port: Option<bool>,
+    pub keepalive_timeout: Option<Spanned<HumanDuration>>,
+    /// 0 means "half the open-file limit", so plain integers, not `Count`.
+    pub max_client_connections: Option<u32>,
+    pub max_client_connections_per_ip: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

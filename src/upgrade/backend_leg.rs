@@ -18,6 +18,10 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// A refusal is an error page; one larger than this is a broken backend.
 const MAX_REFUSAL_BODY: usize = 1024 * 1024;
+/// One line of the head, a chunk-size line or a trailer line. Without a cap
+/// per line, a line that never ends would be buffered until the 1 MiB body
+/// cap, which it is not counted against.
+const MAX_LINE: usize = 4 * 1024;
 
 /// The backend's answer to an upgrade request.
 #[derive(Debug)]
@@ -72,6 +76,9 @@ where
         }
         if buf.len() >= MAX_HEAD {
             return Err(BackendError::Protocol("response head over 64 KiB"));
+        }
+        if unfinished_line(&buf) > MAX_LINE {
+            return Err(BackendError::Protocol("response head line over 4 KiB"));
         }
         if stream.read_buf(&mut buf).await.map_err(BackendError::Io)? == 0 {
             return Err(BackendError::Protocol(
@@ -168,6 +175,11 @@ where
         let (line, size) = loop {
             match httparse::parse_chunk_size(&buf) {
                 Ok(httparse::Status::Complete((line, size))) => break (line, size),
+                Ok(httparse::Status::Partial) if buf.len() > MAX_LINE => {
+                    return Err(BackendError::Protocol(
+                        "chunk-size line over 4 KiB in the refusal",
+                    ))
+                }
                 Ok(httparse::Status::Partial) => more(stream, &mut buf).await?,
                 Err(_) => return Err(BAD),
             }
@@ -193,8 +205,10 @@ where
             if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
                 break end;
             }
-            if buf.len() > MAX_HEAD {
-                return Err(BAD);
+            if buf.len() > MAX_LINE {
+                return Err(BackendError::Protocol(
+                    "trailer line over 4 KiB in the refusal",
+                ));
             }
             more(stream, &mut buf).await?;
         };
@@ -217,6 +231,13 @@ where
             return Ok(buf.freeze());
         }
     }
+}
+
+/// Bytes after the last line end: the line still being received.
+fn unfinished_line(buf: &[u8]) -> usize {
+    buf.iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(buf.len(), |i| buf.len() - i - 1)
 }
 
 /// Reads until `buf` holds at least `want` bytes.
@@ -346,6 +367,35 @@ mod tests {
                 "{:?}: {result:?}",
                 String::from_utf8_lossy(reply)
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn endless_lines_are_cut_at_4_kib() {
+        let endless = |prefix: &str| -> &'static [u8] {
+            let mut reply = prefix.as_bytes().to_vec();
+            reply.resize(reply.len() + 8 * 1024, b'a');
+            Box::leak(reply.into_boxed_slice())
+        };
+        let cases = [
+            (
+                endless("HTTP/1.1 403 No\r\nTransfer-Encoding: chunked\r\n\r\n1;"),
+                "chunk-size line over 4 KiB in the refusal",
+            ),
+            (
+                endless("HTTP/1.1 403 No\r\nX-Long: "),
+                "response head line over 4 KiB",
+            ),
+            (
+                endless("HTTP/1.1 403 No\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: "),
+                "trailer line over 4 KiB in the refusal",
+            ),
+        ];
+        for (reply, why) in cases {
+            match answer_to(reply).await {
+                Err(BackendError::Protocol(got)) => assert_eq!(got, why),
+                other => panic!("{why}: {other:?}"),
+            }
         }
     }
 
