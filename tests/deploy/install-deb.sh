@@ -1,0 +1,1 @@
+apt install ./target/debian/sluice_*.deb
