@@ -307,11 +307,12 @@ struct Control {
     /// What of `bytes` and `frames` has been added to the [`Live`] counters.
     flushed_bytes: [AtomicU64; 2],
     flushed_frames: [AtomicU64; 2],
+    live: Live,
     ending: OnceLock<Ending>,
 }
 
 impl Control {
-    fn new() -> Control {
+    fn new(live: Live) -> Control {
         Control {
             start: Instant::now(),
             last_activity: AtomicU64::new(0),
@@ -326,6 +327,7 @@ impl Control {
             frames: [AtomicU64::new(0), AtomicU64::new(0)],
             flushed_bytes: [AtomicU64::new(0), AtomicU64::new(0)],
             flushed_frames: [AtomicU64::new(0), AtomicU64::new(0)],
+            live,
             ending: OnceLock::new(),
         }
     }
@@ -374,7 +376,8 @@ impl Control {
     }
 
     /// Adds the traffic since the last flush to the [`Live`] counters.
-    fn flush(&self, live: &Live) {
+    fn flush(&self) {
+        let live = &self.live;
         for i in 0..2 {
             let bytes = self.bytes[i].load(Ordering::Relaxed);
             let before = self.flushed_bytes[i].swap(bytes, Ordering::Relaxed);
@@ -416,7 +419,7 @@ pub fn run<C: Peer, B: Peer>(
     live: Live,
     shutdown: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = Report> + Send {
-    let ctl = Control::new();
+    let ctl = Control::new(live);
     // Both halves of a stream are used from this one task, so the lock is
     // never contended; it only lets two `&mut` users take turns.
     let client = Mutex::new(client);
@@ -432,7 +435,6 @@ pub fn run<C: Peer, B: Peer>(
             &backend,
             backend_pre,
             &policy,
-            &live,
             &mut shutdown,
         )
         .await
@@ -470,7 +472,6 @@ async fn tunnel<C: Peer, B: Peer>(
     backend: &Mutex<B>,
     backend_pre: Pending,
     policy: &Policy,
-    live: &Live,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Report {
     let mut upstream = Half::new(
@@ -553,7 +554,7 @@ async fn tunnel<C: Peer, B: Peer>(
                 }
                 _ = &mut timer => {
                     if flush_at.is_some_and(|at| Instant::now() >= at) {
-                        ctl.flush(live);
+                        ctl.flush();
                         flush_at = None;
                     }
                     let (deadline, stalled) = ctl.next_deadline(idle);
@@ -595,7 +596,7 @@ async fn tunnel<C: Peer, B: Peer>(
         _ = relay => {}
         _ = watchdog => {}
     }
-    ctl.flush(live);
+    ctl.flush();
     let ending = ctl.ending.get().copied().unwrap_or(Ending::Closed);
     Report {
         ending,
