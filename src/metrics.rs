@@ -116,6 +116,7 @@ pub struct Metrics {
     pub handshake_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub reloads: Family<ResultLabel, Counter>,
     pub client_connections_closed: Family<ReasonLabel, Counter>,
+    pub requests_rejected: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -141,6 +142,7 @@ impl Metrics {
             handshake_seconds: Family::new_with_constructor(latency_histogram),
             reloads: Family::default(),
             client_connections_closed: Family::default(),
+            requests_rejected: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -195,6 +197,11 @@ impl Metrics {
             "client_connections_closed",
             "Client connections sluice closed or refused before any tunnel, by reason",
             m.client_connections_closed.clone(),
+        );
+        registry.register(
+            "requests_rejected",
+            "Requests and upgrades answered with an error status, by reason (also those matching no route)",
+            m.requests_rejected.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -181,6 +181,11 @@ pub async fn serve(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body
         }
         Err(e) => {
             let status = e.status().as_u16();
+            ctx.shared
+                .metrics
+                .requests_rejected
+                .get_or_create(&crate::metrics::ReasonLabel { reason: e.reason() })
+                .inc();
             match e.fault() {
                 Fault::Client => tracing::info!(
                     peer = %ctx.conn.peer, %method, path, status, reason = e.reason(), error = %e,
