@@ -14,6 +14,7 @@
 #
 # Knobs (environment): ROUNDS ECHO_SECS SAT_SECS BULK_SECS HS_SECS IDLE_N
 # RATE CONNS HS_CONC TARGETS SCENARIOS HS_RESUME=1 MAX_MINUTES OUT SKIP_BUILD=1
+# BASE_BIN (a second sluice binary, run as target "base")
 # SKIP_INSTALL=1 SLUICE_TCP_CONGESTION (e.g. bbr: sets sluice's
 # server.tcp_congestion for all its sockets; unset = sluice's default, the
 # system's algorithm but cubic on loopback when that is bbr).
@@ -109,6 +110,13 @@ RAW=$OUT/raw.txt; : > "$RAW"
 # Private copies: a rebuild by someone else mid-run must not change what runs.
 cp target/release/sluice "$tmp/sluice"; cp target/release/examples/wsbench "$tmp/wsbench"
 BIN=$tmp/sluice; WSB=$tmp/wsbench
+# BASE_BIN=path: a second sluice binary (e.g. main before a change) run as
+# target "base" beside "sluice", with the same config, for side-by-side
+# figures in one run.
+if [ -n "${BASE_BIN:-}" ]; then
+  cp "$BASE_BIN" "$tmp/sluice-base"
+  case " $TARGETS " in *" base "*) ;; *) TARGETS="$TARGETS base" ;; esac
+fi
 REV="$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src 2>/dev/null || echo '+dirty src')"
 
 declare -A PID     # target -> main pid we started
@@ -144,8 +152,8 @@ cat "$tmp/cert.pem" "$tmp/key.pem" > "$tmp/haproxy.pem"
 CA=(--ca "$tmp/cert.pem")
 
 ECHO=127.0.0.1:19301; ECHO_TLS=127.0.0.1:19302
-declare -A WS=([direct]=$ECHO [sluice]=127.0.0.1:19311 [nginx]=127.0.0.1:19321 [haproxy]=127.0.0.1:19331 [caddy]=127.0.0.1:19341)
-declare -A WSS=([direct]=$ECHO_TLS [sluice]=127.0.0.1:19312 [nginx]=127.0.0.1:19322 [haproxy]=127.0.0.1:19332 [caddy]=127.0.0.1:19342)
+declare -A WS=([direct]=$ECHO [base]=127.0.0.1:19351 [sluice]=127.0.0.1:19311 [nginx]=127.0.0.1:19321 [haproxy]=127.0.0.1:19331 [caddy]=127.0.0.1:19341)
+declare -A WSS=([direct]=$ECHO_TLS [base]=127.0.0.1:19352 [sluice]=127.0.0.1:19312 [nginx]=127.0.0.1:19322 [haproxy]=127.0.0.1:19332 [caddy]=127.0.0.1:19342)
 
 wait_port() { # ADDR [PID]: until ADDR accepts (10 s at most, or PID exits)
   local i
@@ -172,12 +180,13 @@ start() { # TARGET
       wait_port $ECHO && wait_port $ECHO_TLS || { echo "echo backend did not start" >&2; exit 1; }
       return ;;
     direct) return ;;
-    sluice)
-      render bench/conf/sluice.toml sluice > "$tmp/sluice.toml"
+    sluice|base)
+      render bench/conf/sluice.toml "$t" > "$tmp/$t.toml"
       if [ -n "$SLUICE_TCP_CONGESTION" ]; then
-        sed -i "s|^\[tls\]|tcp_congestion = \"$SLUICE_TCP_CONGESTION\"\n\n[tls]|" "$tmp/sluice.toml"
+        sed -i "s|^\[tls\]|tcp_congestion = \"$SLUICE_TCP_CONGESTION\"\n\n[tls]|" "$tmp/$t.toml"
       fi
-      RUST_LOG=warn taskset -c 0 "$BIN" run -c "$tmp/sluice.toml" >>"$tmp/sluice.log" 2>&1 & p=$! ;;
+      local bin=$BIN; [ "$t" = base ] && bin=$tmp/sluice-base
+      RUST_LOG=warn taskset -c 0 "$bin" run -c "$tmp/$t.toml" >>"$tmp/$t.log" 2>&1 & p=$! ;;
     nginx)
       mkdir -p "$tmp/nginx"; render bench/conf/nginx.conf nginx > "$tmp/nginx.conf"
       taskset -c 0 nginx -p "$tmp/nginx" -c "$tmp/nginx.conf" -e "$tmp/nginx/error.log" >>"$tmp/nginx.log" 2>&1 & p=$! ;;
