@@ -621,3 +621,5 @@ pub async fn raw_ws(addr: SocketAddr, path: &str) -> TcpStream {
     assert_eq!(status, 101, "{head}");
     tcp
 }
+
+pub mod hostile;
