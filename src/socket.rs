@@ -9,7 +9,8 @@
 //! `server.tcp_congestion` picks the congestion control of every socket
 //! sluice owns, toward clients and toward backends. Unset, sockets keep the
 //! system's algorithm, with one exception: when that algorithm paces (BBR),
-//! a socket whose peer is on loopback gets `cubic` instead. BBR paces in the
+//! a socket whose peer is on loopback gets `cubic` instead (`reno` where
+//! this process may not use cubic, see [`NON_PACING`]). BBR paces in the
 //! kernel when the qdisc is not `fq`, and every paced send arms a
 //! high-resolution timer, which on a virtual machine is a costly exit.
 //! Pacing shapes a flow for the queues of a network path; loopback has
@@ -67,24 +68,30 @@ pub fn set_congestion(tcp: &TcpStream, configured: Option<&str>, peer: Option<Ip
     }
 }
 
-/// The algorithm for loopback sockets when none is configured: `cubic` if
-/// the system's default paces and this process may use cubic; else none.
-/// Read once: it is a property of the host. The default is what a fresh
-/// socket gets (`TCP_CONGESTION`), not `/proc/sys/net/ipv4/...`, which the
-/// systemd unit's `ProcSubset=pid` hides.
+/// The algorithm for loopback sockets when none is configured: if the
+/// system's default paces, the first of [`NON_PACING`] this process may use;
+/// else none. Read once: it is a property of the host. The default is what a
+/// fresh socket gets (`TCP_CONGESTION`), not `/proc/sys/net/ipv4/...`, which
+/// the systemd unit's `ProcSubset=pid` hides.
 fn loopback_algorithm() -> Option<&'static str> {
     static CHOICE: OnceLock<Option<&'static str>> = OnceLock::new();
     *CHOICE.get_or_init(|| {
         let socket =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
         let paces = socket.tcp_congestion().ok()?.starts_with(b"bbr");
-        (paces && check_congestion(NON_PACING).is_ok()).then_some(NON_PACING)
+        if !paces {
+            return None;
+        }
+        NON_PACING.into_iter().find(|a| check_congestion(a).is_ok())
     })
 }
 
-/// Built into every distribution kernel and allowed to every process by
-/// the default `net.ipv4.tcp_allowed_congestion_control`.
-const NON_PACING: &str = "cubic";
+/// Built into every distribution kernel; neither paces. `cubic` first, as
+/// Linux's usual default. But with the default set to bbr, the kernel's
+/// `net.ipv4.tcp_allowed_congestion_control` is "reno bbr" unless an admin
+/// adds cubic, so a process without `CAP_NET_ADMIN` (the systemd unit) may
+/// use only `reno`, which is always allowed.
+const NON_PACING: [&str; 2] = ["cubic", "reno"];
 
 /// Whether this process may use `algorithm`, tried on a fresh socket, with
 /// what to do about it when it may not.
@@ -145,7 +152,8 @@ mod tests {
             set_congestion(&tcp, None, peer);
             let got = algorithm_of(&tcp);
             if system.starts_with("bbr") {
-                assert_eq!(got, NON_PACING);
+                assert_eq!(Some(got.as_str()), loopback_algorithm());
+                assert!(NON_PACING.contains(&got.as_str()), "{got}");
             } else {
                 assert_eq!(got, system, "a non-pacing system default is left alone");
             }
