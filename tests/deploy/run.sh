@@ -66,8 +66,7 @@ outer() {
 
   # The sandbox runs its own path as a program: a copy with the execute bit,
   # whatever the modes of shared/ are.
-  local tmp
-  tmp=$(mktemp -d)
+  tmp=$(mktemp -d)    # global, like rc: the EXIT trap reads both
   install -m 0755 "$src" "$tmp/systemd-sandbox.sh"
   export SB=$tmp/systemd-sandbox.sh
   local limit=${SLUICE_DEPLOY_TIMEOUT:-300} started=$SECONDS
