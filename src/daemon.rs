@@ -215,9 +215,17 @@ impl Running {
         for (_, (_, task)) in self.listeners {
             task.abort();
         }
+        // A connection whose upgrade is still in flight becomes a tunnel
+        // (tracked before the connection ends): done only when both are
+        // zero at once.
         let all_done = async {
-            self.shared.tunnels.wait_idle().await;
-            self.shared.http_conns.wait_idle().await;
+            loop {
+                self.shared.tunnels.wait_idle().await;
+                self.shared.http_conns.wait_idle().await;
+                if self.shared.tunnels.live() == 0 {
+                    break;
+                }
+            }
         };
         let finished = tokio::time::timeout(grace, all_done).await.is_ok();
         if let Some((_, _, task)) = self.admin {

@@ -17,18 +17,16 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 
 use crate::backend::{self, BackendError};
 use crate::headers;
-use crate::metrics::{CloseLabel, EndingLabel, HandshakeLabel, Metrics, RouteLabel, TrafficLabel};
+use crate::metrics::{HandshakeLabel, RouteLabel};
 use crate::policy::origin;
 use crate::proxy::{Body, ConnCtx, ProxyError};
 use crate::relay::{self, RSV1};
 use crate::route::Picked;
-use crate::stream::{BackendStream, ClientStream, Tunneled};
+use crate::stream::BackendStream;
 
 mod backend_leg;
 
@@ -226,68 +224,34 @@ async fn handshake(
         &offered_protocols,
     )?;
 
-    let backend_pre = answer.rest;
-    let client_upgrade = hyper::upgrade::on(&mut req);
-    let tunnel_policy = relay::Policy {
-        max_frame_bytes: policy.max_frame_bytes,
-        max_message_bytes: policy.max_message_bytes,
-        allowed_rsv: negotiated.allowed_rsv,
-        allowed_rsv_continuation: negotiated.allowed_rsv_continuation,
-        idle_timeout: ctx.snapshot.config.server.idle_timeout,
-        message_rate: Some((
-            route.limits.messages_per_second,
-            route.limits.message_burst,
-            route.limits.on_message_rate,
-        )),
+    let tunnel = relay::Tunnel {
+        who: relay::Who {
+            peer: ctx.conn.peer,
+            route: picked.label.to_owned(),
+            backend: lease.backend().authority(),
+        },
+        client: hyper::upgrade::on(&mut req),
+        backend: backend_io,
+        backend_pre: answer.rest,
+        policy: relay::Policy {
+            max_frame_bytes: policy.max_frame_bytes,
+            max_message_bytes: policy.max_message_bytes,
+            allowed_rsv: negotiated.allowed_rsv,
+            allowed_rsv_continuation: negotiated.allowed_rsv_continuation,
+            idle_timeout: ctx.snapshot.config.server.idle_timeout,
+            message_rate: Some((
+                route.limits.messages_per_second,
+                route.limits.message_burst,
+                route.limits.on_message_rate,
+            )),
+        },
     };
-    let shutdown = ctx.shared.shutdown_signal();
-    let tracked = ctx.shared.tunnels.track();
     // The tunnel keeps its client connection's places under the connection
-    // ceilings, and keeps an h2 connection that carries it from looking idle.
-    let busy = ctx.client.begin();
-    let live = TunnelLog::live(&ctx.shared.metrics, picked.label);
-    let shared = ctx.shared.clone();
-    let log = TunnelLog {
-        peer: ctx.conn.peer,
-        route: picked.label.to_owned(),
-        backend: lease.backend().authority(),
-    };
-    // Spawned before the 101 is returned: hyper completes the client upgrade
-    // only after the response has been written.
-    tokio::spawn(async move {
-        let client_io = match client_upgrade.await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(peer = %log.peer, route = log.route, error = %e, "client upgrade did not complete");
-                return;
-            }
-        };
-        let open = shared
-            .metrics
-            .tunnels_open
-            .get_or_create(&RouteLabel {
-                route: log.route.clone(),
-            })
-            .clone();
-        open.inc();
-        let (client, client_pre) = unwrap_client(client_io);
-        let report = relay::run(
-            client,
-            client_pre,
-            backend_io,
-            backend_pre,
-            tunnel_policy,
-            live,
-            shutdown,
-        )
-        .await;
-        open.dec();
-        drop(guard);
-        log.record(&report, &shared.metrics);
-        drop(lease);
-        drop(busy);
-        drop(tracked);
-    });
+    // ceilings (and keeps an h2 connection that carries it from looking
+    // idle), its per-IP tunnel slot, its backend lease and the drain's count.
+    let holds: relay::Holds =
+        Box::new((guard, lease, ctx.client.begin(), ctx.shared.tunnels.track()));
+    tunnel.spawn(ctx.shared.clone(), holds);
 
     let mut reply_headers = answer.headers;
     headers::strip_hop_by_hop(&mut reply_headers);
@@ -464,83 +428,6 @@ fn strip_deflate_offer(h: &mut HeaderMap) {
         if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
             h.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
         }
-    }
-}
-
-/// Unwraps the client's upgraded stream to the raw socket, dropping hyper's
-/// buffer after taking the bytes it holds, which the relay scans first.
-fn unwrap_client(client: Upgraded) -> (Tunneled<ClientStream>, Bytes) {
-    // Behind hyper-util's auto builder the IO is wrapped in a private type;
-    // its own downcast helper unwraps it (hyper issue #3587).
-    match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<ClientStream>>(client) {
-        Ok(parts) => (Tunneled::Socket(parts.io.into_inner()), parts.read_buf),
-        // WebSocket over h2: the stream is an h2 stream, relayed as it is.
-        Err(upgraded) => (Tunneled::H2(TokioIo::new(upgraded)), Bytes::new()),
-    }
-}
-
-/// Who a tunnel was for, for its access-log line.
-struct TunnelLog {
-    peer: std::net::SocketAddr,
-    route: String,
-    backend: String,
-}
-
-impl TunnelLog {
-    /// The frame and byte counters a tunnel on `route` adds to while it
-    /// lives (the relay flushes into them at most once a second).
-    fn live(metrics: &Metrics, route: &str) -> relay::Live {
-        let mut live = relay::Live::default();
-        for (i, direction) in ["client_to_backend", "backend_to_client"]
-            .into_iter()
-            .enumerate()
-        {
-            let label = TrafficLabel {
-                route: route.to_owned(),
-                direction,
-            };
-            live.frames[i] = metrics.frames.get_or_create(&label).clone();
-            live.bytes[i] = metrics.bytes.get_or_create(&label).clone();
-        }
-        live
-    }
-
-    /// One access-log line per closed tunnel, and its metrics (its frames
-    /// and bytes are on the live counters already).
-    fn record(&self, report: &relay::Report, metrics: &Metrics) {
-        let route = &self.route;
-        for (i, direction) in ["to_client", "to_backend"].into_iter().enumerate() {
-            if report.sent_close[i] != 0 {
-                metrics
-                    .closes
-                    .get_or_create(&CloseLabel {
-                        code: report.sent_close[i].to_string(),
-                        direction,
-                    })
-                    .inc();
-            }
-        }
-        metrics
-            .tunnel_endings
-            .get_or_create(&EndingLabel {
-                route: route.clone(),
-                ending: report.ending.label(),
-            })
-            .inc();
-        tracing::info!(
-        peer = %self.peer,
-        route,
-        backend = self.backend,
-        ending = %report.ending,
-        close_to_client = report.sent_close[0],
-        close_to_backend = report.sent_close[1],
-        bytes_client_to_backend = report.bytes[0],
-        bytes_backend_to_client = report.bytes[1],
-        frames_client_to_backend = report.frames[0],
-        frames_backend_to_client = report.frames[1],
-        duration_ms = report.duration.as_millis() as u64,
-        "tunnel closed"
-        );
     }
 }
 

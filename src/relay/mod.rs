@@ -33,6 +33,10 @@ use tokio::io::{AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
+mod tunnel;
+
+pub use tunnel::{Holds, Tunnel, Who};
+
 use crate::config::OnMessageRate;
 use crate::frame::{self, Header, HeaderError};
 use crate::policy::rate::MessageBucket;

@@ -1,0 +1,153 @@
+//! A tunnel's life, from the backend's 101 to its access-log line: wait for
+//! hyper to hand over the client's stream, relay, then count and log how it
+//! ended. Everything the tunnel holds (its places under the limits, its
+//! backend lease) is released when it ends, in one place.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+
+use crate::metrics::{CloseLabel, EndingLabel, Metrics, RouteLabel, TrafficLabel};
+use crate::shared::Shared;
+use crate::stream::{BackendStream, ClientStream, Tunneled};
+
+use super::{Live, Policy, Report};
+
+/// Who a tunnel is for, for its log line and metric labels.
+#[derive(Debug, Clone)]
+pub struct Who {
+    pub peer: SocketAddr,
+    /// The route's metrics label.
+    pub route: String,
+    /// The backend's `host:port`.
+    pub backend: String,
+}
+
+/// What a tunnel keeps until it ends: places under the per-IP tunnel cap
+/// and the connection ceilings, the backend lease (least-connections
+/// balancing counts it), the drain tracker. Dropped together at the end.
+pub type Holds = Box<dyn std::any::Any + Send>;
+
+/// An accepted upgrade, ready to become a tunnel once the client side is.
+#[derive(Debug)]
+pub struct Tunnel {
+    pub who: Who,
+    pub client: OnUpgrade,
+    pub backend: BackendStream,
+    /// Bytes the backend sent right after its 101: already tunnel data.
+    pub backend_pre: Bytes,
+    pub policy: Policy,
+}
+
+impl Tunnel {
+    /// Runs the tunnel in its own task. Spawned before the 101 is returned:
+    /// hyper completes the client upgrade only after the response is written.
+    pub fn spawn(self, shared: Arc<Shared>, holds: Holds) {
+        let live = live_counters(&shared.metrics, &self.who.route);
+        let shutdown = shared.shutdown_signal();
+        tokio::spawn(async move {
+            let who = self.who;
+            let client = match self.client.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(peer = %who.peer, route = who.route, error = %e, "client upgrade did not complete");
+                    return;
+                }
+            };
+            let open = shared
+                .metrics
+                .tunnels_open
+                .get_or_create(&RouteLabel {
+                    route: who.route.clone(),
+                })
+                .clone();
+            open.inc();
+            let (client, client_pre) = unwrap_client(client);
+            let report = super::run(
+                client,
+                client_pre,
+                self.backend,
+                self.backend_pre,
+                self.policy,
+                live,
+                shutdown,
+            )
+            .await;
+            open.dec();
+            record(&who, &report, &shared.metrics);
+            // Last: the drain waits for the tracker, so the log line is out first.
+            drop(holds);
+        });
+    }
+}
+
+/// Unwraps the client's upgraded stream to the raw socket, dropping hyper's
+/// buffer after taking the bytes it holds, which the relay scans first.
+fn unwrap_client(client: Upgraded) -> (Tunneled<ClientStream>, Bytes) {
+    // Behind hyper-util's auto builder the IO is wrapped in a private type;
+    // its own downcast helper unwraps it (hyper issue #3587).
+    match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<ClientStream>>(client) {
+        Ok(parts) => (Tunneled::Socket(parts.io.into_inner()), parts.read_buf),
+        // WebSocket over h2: the stream is an h2 stream, relayed as it is.
+        Err(upgraded) => (Tunneled::H2(TokioIo::new(upgraded)), Bytes::new()),
+    }
+}
+
+/// The frame and byte counters a tunnel on `route` adds to while it lives
+/// (the relay flushes into them at most once a second).
+fn live_counters(metrics: &Metrics, route: &str) -> Live {
+    let mut live = Live::default();
+    for (i, direction) in ["client_to_backend", "backend_to_client"]
+        .into_iter()
+        .enumerate()
+    {
+        let label = TrafficLabel {
+            route: route.to_owned(),
+            direction,
+        };
+        live.frames[i] = metrics.frames.get_or_create(&label).clone();
+        live.bytes[i] = metrics.bytes.get_or_create(&label).clone();
+    }
+    live
+}
+
+/// One access-log line per closed tunnel, and its metrics (its frames and
+/// bytes are on the live counters already).
+fn record(who: &Who, report: &Report, metrics: &Metrics) {
+    let route = &who.route;
+    for (i, direction) in ["to_client", "to_backend"].into_iter().enumerate() {
+        if report.sent_close[i] != 0 {
+            metrics
+                .closes
+                .get_or_create(&CloseLabel {
+                    code: report.sent_close[i].to_string(),
+                    direction,
+                })
+                .inc();
+        }
+    }
+    metrics
+        .tunnel_endings
+        .get_or_create(&EndingLabel {
+            route: route.clone(),
+            ending: report.ending.label(),
+        })
+        .inc();
+    tracing::info!(
+        peer = %who.peer,
+        route,
+        backend = who.backend,
+        ending = %report.ending,
+        close_to_client = report.sent_close[0],
+        close_to_backend = report.sent_close[1],
+        bytes_client_to_backend = report.bytes[0],
+        bytes_backend_to_client = report.bytes[1],
+        frames_client_to_backend = report.frames[0],
+        frames_backend_to_client = report.frames[1],
+        duration_ms = report.duration.as_millis() as u64,
+        "tunnel closed"
+    );
+}
