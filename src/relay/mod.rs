@@ -535,6 +535,8 @@ async fn tunnel<C: Peer, B: Peer>(
             ctl.end(Ending::Drain);
             ctl.request_close(Side::Client, 1001);
             ctl.request_close(Side::Backend, 1001);
+            // The directions may have been polled already: make them look.
+            tokio::task::yield_now().await;
         }
         // When traffic not yet on /metrics must be flushed; no timer is
         // armed for it while the tunnel is idle.
