@@ -239,11 +239,11 @@ async fn handshake(
             allowed_rsv: negotiated.allowed_rsv,
             allowed_rsv_continuation: negotiated.allowed_rsv_continuation,
             idle_timeout: ctx.snapshot.config.server.idle_timeout,
-            message_rate: Some((
-                route.limits.messages_per_second,
-                route.limits.message_burst,
-                route.limits.on_message_rate,
-            )),
+            message_rate: relay::MessageRate {
+                per_second: route.limits.messages_per_second,
+                burst: route.limits.message_burst,
+                over: route.limits.on_message_rate,
+            },
         },
     };
     // The tunnel keeps its client connection's places under the connection

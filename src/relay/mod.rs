@@ -74,9 +74,17 @@ pub struct Policy {
     /// sluice does not know may use any bit on any frame.
     pub allowed_rsv_continuation: u8,
     pub idle_timeout: Duration,
-    /// Client-to-backend frames (of any opcode) per second, burst and what
-    /// to do above.
-    pub message_rate: Option<(u32, u32, OnMessageRate)>,
+    /// Client-to-backend frames (of any opcode): the rate and what to do
+    /// above it.
+    pub message_rate: MessageRate,
+}
+
+/// `limits.messages_per_second`, `message_burst`, `on_message_rate`.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageRate {
+    pub per_second: u32,
+    pub burst: u32,
+    pub over: OnMessageRate,
 }
 
 /// The counters a tunnel adds its traffic to while it lives (frames and
@@ -721,11 +729,12 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
         pre: Pending,
         policy: &Policy,
     ) -> Self {
-        let bucket = match (dir, policy.message_rate) {
-            (Direction::ClientToBackend, Some((rate, burst, mode))) => {
-                Some((MessageBucket::new(rate, burst), mode))
+        let rate = policy.message_rate;
+        let bucket = match dir {
+            Direction::ClientToBackend => {
+                Some((MessageBucket::new(rate.per_second, rate.burst), rate.over))
             }
-            _ => None,
+            Direction::BackendToClient => None,
         };
         Half {
             dir,
