@@ -5,7 +5,7 @@
 //!
 //! Not owned here: meaning. Strings that still need checking (addresses,
 //! backends, hosts, origins) stay strings wrapped in `toml::Spanned`, so the
-//! validator in `super` can name their line. Only rules that need no context
+//! validator (`super::resolve`) can name their line. Only rules that need no context
 //! live in the types below and fail during deserialization, where toml supplies
 //! the line itself, in `super::values`:
 //! * [`HumanDuration`]: a string with a unit (`"250ms"`, `"10s"`, `"5m"`, `"1h"`);
