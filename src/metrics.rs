@@ -99,6 +99,15 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// One route's WebSocket frame and byte counters, indexed by direction
+/// (client to backend, then backend to client). Made once per route and
+/// shared by its tunnels, which add to them while they live.
+#[derive(Debug, Default)]
+pub struct RouteTraffic {
+    pub frames: [Counter; 2],
+    pub bytes: [Counter; 2],
+}
+
 /// Every metric sluice exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -117,6 +126,8 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     pub client_connections_closed: Family<ReasonLabel, Counter>,
     pub requests_rejected: Family<ReasonLabel, Counter>,
+    /// `frames` and `bytes` by route, looked up once per route, not per tunnel.
+    traffic: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<RouteTraffic>>>,
 }
 
 impl Default for Metrics {
@@ -143,6 +154,7 @@ impl Metrics {
             reloads: Family::default(),
             client_connections_closed: Family::default(),
             requests_rejected: Family::default(),
+            traffic: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -212,6 +224,30 @@ impl Metrics {
                 reason: reason.label(),
             })
             .inc();
+    }
+
+    /// The frame and byte counters of `route`'s tunnels.
+    pub fn route_traffic(&self, route: &str) -> std::sync::Arc<RouteTraffic> {
+        let mut traffic = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = traffic.get(route) {
+            return t.clone();
+        }
+        let counters = |family: &Family<TrafficLabel, Counter>| {
+            ["client_to_backend", "backend_to_client"].map(|direction| {
+                family
+                    .get_or_create(&TrafficLabel {
+                        route: route.to_owned(),
+                        direction,
+                    })
+                    .clone()
+            })
+        };
+        let t = std::sync::Arc::new(RouteTraffic {
+            frames: counters(&self.frames),
+            bytes: counters(&self.bytes),
+        });
+        traffic.insert(route.to_owned(), t.clone());
+        t
     }
 
     /// The Prometheus text exposition.

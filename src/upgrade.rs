@@ -251,12 +251,12 @@ async fn handshake(
     // The tunnel keeps its client connection's places under the connection
     // ceilings (and keeps an h2 connection that carries it from looking
     // idle), its per-IP tunnel slot, its backend lease and the drain's count.
-    let holds: relay::Holds = Box::new((
-        guard,
+    let holds = relay::Holds {
+        tunnel_slot: guard,
         lease,
-        ctx.client.keep_for_tunnel(h2),
-        ctx.shared.tunnels.track(),
-    ));
+        connection: ctx.client.keep_for_tunnel(h2),
+        tracked: ctx.shared.tunnels.track(),
+    };
     tunnel.spawn(ctx.shared.clone(), holds);
 
     let mut reply_headers = answer.headers;

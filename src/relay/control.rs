@@ -155,10 +155,10 @@ impl Control {
         for d in Direction::BOTH {
             let bytes = self.bytes[d].load(Ordering::Relaxed);
             let before = self.flushed_bytes[d].swap(bytes, Ordering::Relaxed);
-            self.live.bytes[d].inc_by(bytes - before);
+            self.live.bytes[d as usize].inc_by(bytes - before);
             let frames = self.frames[d].load(Ordering::Relaxed);
             let before = self.flushed_frames[d].swap(frames, Ordering::Relaxed);
-            self.live.frames[d].inc_by(frames - before);
+            self.live.frames[d as usize].inc_by(frames - before);
         }
     }
 

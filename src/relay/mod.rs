@@ -34,7 +34,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 
 use crate::config::OnMessageRate;
@@ -76,13 +75,10 @@ pub struct MessageRate {
     pub over: OnMessageRate,
 }
 
-/// The counters a tunnel adds its traffic to while it lives, at most once a
-/// second, so the relay's hot path touches only its own counts.
-#[derive(Debug, Clone, Default)]
-pub struct Live {
-    pub frames: PerDirection<Counter>,
-    pub bytes: PerDirection<Counter>,
-}
+/// The counters a tunnel adds its traffic to while it lives (at most once a
+/// second, so the relay's hot path touches only its own counts): its
+/// route's, shared by the route's tunnels, indexed by `Direction as usize`.
+pub type Live = std::sync::Arc<crate::metrics::RouteTraffic>;
 
 /// What a finished tunnel did, for the access log and metrics.
 #[derive(Debug, Clone)]

@@ -10,11 +10,14 @@ use bytes::Bytes;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
-use crate::metrics::{CloseLabel, EndingLabel, Metrics, RouteLabel, TrafficLabel};
-use crate::shared::Shared;
+use crate::conn::Kept;
+use crate::metrics::{CloseLabel, EndingLabel, Metrics, RouteLabel};
+use crate::policy::rate::ConnectionGuard;
+use crate::pool::Lease;
+use crate::shared::{Shared, Tracked};
 use crate::stream::{BackendStream, ClientStream, Tunneled};
 
-use super::{CloseCode, Direction, Live, Policy, Report, Side};
+use super::{CloseCode, Direction, Policy, Report, Side};
 
 /// Who a tunnel is for, for its log line and metric labels.
 #[derive(Debug, Clone)]
@@ -26,10 +29,19 @@ pub struct Who {
     pub backend: String,
 }
 
-/// What a tunnel keeps until it ends: places under the per-IP tunnel cap
-/// and the connection ceilings, the backend lease (least-connections
-/// balancing counts it), the drain tracker. Dropped together at the end.
-pub type Holds = Box<dyn std::any::Any + Send>;
+/// What a tunnel keeps until it ends, dropped together when it does.
+#[derive(Debug)]
+pub struct Holds {
+    /// Its place under `limits.max_connections_per_ip`.
+    pub tunnel_slot: ConnectionGuard,
+    /// The backend lease (least-connections balancing counts it).
+    pub lease: Lease,
+    /// What it keeps of the client connection (places under the connection
+    /// ceilings; on h2 the shared connection, kept busy).
+    pub connection: Kept,
+    /// The drain waits for it.
+    pub tracked: Tracked,
+}
 
 /// An accepted upgrade, ready to become a tunnel once the client side is.
 #[derive(Debug)]
@@ -46,7 +58,7 @@ impl Tunnel {
     /// Runs the tunnel in its own task. Spawned before the 101 is returned:
     /// hyper completes the client upgrade only after the response is written.
     pub fn spawn(self, shared: Arc<Shared>, holds: Holds) {
-        let live = live_counters(&shared.metrics, &self.who.route);
+        let live = shared.metrics.route_traffic(&self.who.route);
         let shutdown = shared.shutdown_signal();
         tokio::spawn(async move {
             let who = self.who;
@@ -94,21 +106,6 @@ fn unwrap_client(client: Upgraded) -> (Tunneled<ClientStream>, Bytes) {
         // WebSocket over h2: the stream is an h2 stream, relayed as it is.
         Err(upgraded) => (Tunneled::H2(TokioIo::new(upgraded)), Bytes::new()),
     }
-}
-
-/// The frame and byte counters a tunnel on `route` adds to while it lives
-/// (the relay flushes into them at most once a second).
-fn live_counters(metrics: &Metrics, route: &str) -> Live {
-    let mut live = Live::default();
-    for direction in Direction::BOTH {
-        let label = TrafficLabel {
-            route: route.to_owned(),
-            direction: direction.label(),
-        };
-        live.frames[direction] = metrics.frames.get_or_create(&label).clone();
-        live.bytes[direction] = metrics.bytes.get_or_create(&label).clone();
-    }
-    live
 }
 
 /// One access-log line per closed tunnel, and its metrics (its frames and
