@@ -49,4 +49,6 @@ pub mod shared;
 pub mod socket;
 pub mod stream;
 pub mod tls;
-pub mod upgrade;
+
+/// Kept at its old path for the test harness (`sluice::upgrade::accept_key`).
+pub use proxy::upgrade;

@@ -21,6 +21,8 @@ use crate::metrics::{RouteLabel, StatusLabel};
 use crate::route::{self, Picked};
 use crate::shared::{Shared, Snapshot};
 
+pub mod upgrade;
+
 /// Response bodies: streamed from a backend, or made here.
 pub type Body = Either<Incoming, Full<Bytes>>;
 
@@ -226,8 +228,8 @@ async fn route_request(
             req.uri().path(),
         )
         .ok_or(ProxyError::NoRoute)?;
-    if extended_connect || crate::upgrade::is_websocket_request(&req) {
-        return crate::upgrade::handle(ctx, &picked, host.as_deref(), req).await;
+    if extended_connect || upgrade::is_websocket_request(&req) {
+        return upgrade::handle(ctx, &picked, host.as_deref(), req).await;
     }
     let metrics = &ctx.shared.metrics;
     let route = RouteLabel {
