@@ -1,168 +1,30 @@
-//! The hyper service for one client connection: request sanity checks,
-//! routing, and plain HTTP forwarding. WebSocket handshakes go to `upgrade`.
+//! Request handling for one client connection: the hyper service's body.
+//! [`serve`] takes a request through its sanity checks and normalization,
+//! routes it on what the backend will be sent, and dispatches it to
+//! [`forward`] (plain HTTP) or [`upgrade`] (WebSocket, including h2
+//! extended CONNECT). Every rejection is a [`ProxyError`] and logs one line.
 //!
-//! Every rejection is a [`ProxyError`]; [`ProxyError::status`] is the one
-//! table from error to status code, and each rejection logs one line.
+//! Inside the folder the arrows point down: `mod` → `forward`, `upgrade` →
+//! `ctx`, `error` (the shared vocabulary and the error table, which import
+//! neither path).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{Either, Full};
+use http::header;
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 
-use crate::backend::BackendError;
-use crate::headers;
-use crate::metrics::{RouteLabel, StatusLabel};
-use crate::route::{self, Picked};
-use crate::shared::{Shared, Snapshot};
+use crate::metrics::RejectedLabel;
+use crate::route;
 
+pub mod ctx;
+pub mod error;
+pub mod forward;
 pub mod upgrade;
 
-/// Response bodies: streamed from a backend, or made here.
-pub type Body = Either<Incoming, Full<Bytes>>;
-
-/// Facts about one client connection, fixed at accept time.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    pub tls: bool,
-}
-
-/// What one connection's requests are served with.
-#[derive(Debug, Clone)]
-pub struct ConnCtx {
-    pub shared: Arc<Shared>,
-    pub snapshot: Arc<Snapshot>,
-    pub conn: ConnInfo,
-    /// The connection's places under the ceilings and its busy count; a
-    /// tunnel holds it on after the HTTP connection is gone.
-    pub client: Arc<crate::conn::Client>,
-}
-
-/// Why a request was not proxied.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    #[error("bad request: {0}")]
-    BadRequest(&'static str),
-    #[error("bad request: {0}")]
-    BadPath(#[from] route::PathError),
-    #[error("unsupported WebSocket version")]
-    WrongWebSocketVersion,
-    #[error("method not allowed")]
-    MethodNotAllowed,
-    #[error("no route")]
-    NoRoute,
-    #[error("origin not allowed")]
-    OriginForbidden,
-    #[error("handshake rate exceeded")]
-    HandshakeRate { retry_after: Duration },
-    #[error("too many connections from this address")]
-    TooManyConnections,
-    #[error("backend unavailable")]
-    Backend(#[from] BackendError),
-    #[error("backend timed out")]
-    BackendTimeout,
-    #[error("no healthy backend")]
-    NoHealthyBackend,
-    #[error("backend handshake invalid: {0}")]
-    BadBackendHandshake(&'static str),
-}
-
-/// Who is at fault, which decides the log level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    Client,
-    Backend,
-}
-
-impl ProxyError {
-    /// The contract's status table. Exhaustive: a new error must pick a status.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
-            ProxyError::WrongWebSocketVersion => StatusCode::UPGRADE_REQUIRED,
-            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::OriginForbidden => StatusCode::FORBIDDEN,
-            ProxyError::HandshakeRate { .. } | ProxyError::TooManyConnections => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            ProxyError::Backend(BackendError::TimedOut) | ProxyError::BackendTimeout => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
-            ProxyError::Backend(_) | ProxyError::BadBackendHandshake(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    pub fn fault(&self) -> Fault {
-        match self {
-            ProxyError::BadRequest(_)
-            | ProxyError::BadPath(_)
-            | ProxyError::WrongWebSocketVersion
-            | ProxyError::MethodNotAllowed
-            | ProxyError::NoRoute
-            | ProxyError::OriginForbidden
-            | ProxyError::HandshakeRate { .. }
-            | ProxyError::TooManyConnections => Fault::Client,
-            ProxyError::Backend(_)
-            | ProxyError::BackendTimeout
-            | ProxyError::BadBackendHandshake(_)
-            | ProxyError::NoHealthyBackend => Fault::Backend,
-        }
-    }
-
-    /// The short label used in logs and metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ProxyError::BadRequest(_)
-            | ProxyError::BadPath(_)
-            | ProxyError::WrongWebSocketVersion
-            | ProxyError::MethodNotAllowed => "bad_request",
-            ProxyError::NoRoute => "no_route",
-            ProxyError::OriginForbidden => "origin",
-            ProxyError::HandshakeRate { .. } => "rate",
-            ProxyError::TooManyConnections => "connections_per_ip",
-            ProxyError::Backend(BackendError::TimedOut) | ProxyError::BackendTimeout => "timeout",
-            ProxyError::Backend(_) | ProxyError::BadBackendHandshake(_) => "backend_error",
-            ProxyError::NoHealthyBackend => "no_healthy_backend",
-        }
-    }
-
-    pub fn into_response(self) -> Response<Body> {
-        let status = self.status();
-        let mut body = self.to_string();
-        body.push('\n');
-        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
-        *resp.status_mut() = status;
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        match &self {
-            ProxyError::WrongWebSocketVersion => {
-                h.insert(
-                    header::SEC_WEBSOCKET_VERSION,
-                    HeaderValue::from_static("13"),
-                );
-            }
-            ProxyError::HandshakeRate { retry_after } => {
-                // Whole seconds, at least 1, rounded up so a client that obeys it succeeds.
-                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-            }
-            _ => {}
-        }
-        resp
-    }
-}
+pub use ctx::{Body, ConnCtx, ConnInfo};
+pub use error::{error_chain, Fault, ProxyError};
 
 /// Serves one request. Never fails: every error becomes a response.
 pub async fn serve(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -186,15 +48,15 @@ pub async fn serve(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body
             ctx.shared
                 .metrics
                 .requests_rejected
-                .get_or_create(&crate::metrics::ReasonLabel { reason: e.reason() })
+                .get_or_create(&RejectedLabel { reason: e.reason() })
                 .inc();
             match e.fault() {
                 Fault::Client => tracing::info!(
-                    peer = %ctx.conn.peer, %method, path, status, reason = e.reason(), error = %e,
+                    peer = %ctx.conn.peer, %method, path, status, reason = e.reason().label(), error = %e,
                     "request rejected"
                 ),
                 Fault::Backend => tracing::warn!(
-                    peer = %ctx.conn.peer, %method, path, status, reason = e.reason(), error = %error_chain(&e),
+                    peer = %ctx.conn.peer, %method, path, status, reason = e.reason().label(), error = %error_chain(&e),
                     "request failed"
                 ),
             }
@@ -214,10 +76,10 @@ async fn route_request(
     // Routes match what the backend will be sent, so no spelling of a path
     // or host can reach one route's policy and another's backend.
     let host = request_host(&req)?.map(|h| match route::normalize_host(&h) {
-        std::borrow::Cow::Borrowed(_) => h,
-        std::borrow::Cow::Owned(n) => n,
+        Cow::Borrowed(_) => h,
+        Cow::Owned(n) => n,
     });
-    if let std::borrow::Cow::Owned(path) = route::normalize_path(req.uri().path())? {
+    if let Cow::Owned(path) = route::normalize_path(req.uri().path())? {
         set_path(&mut req, &path)?;
     }
     let picked = ctx
@@ -231,40 +93,7 @@ async fn route_request(
     if extended_connect || upgrade::is_websocket_request(&req) {
         return upgrade::handle(ctx, &picked, host.as_deref(), req).await;
     }
-    let metrics = &ctx.shared.metrics;
-    let route = RouteLabel {
-        route: picked.label.to_owned(),
-    };
-    let in_flight = metrics
-        .http_requests_in_flight
-        .get_or_create(&route)
-        .clone();
-    in_flight.inc();
-    // Decremented however the request ends, including a client that hangs
-    // up mid-request (hyper then drops this future).
-    let _in_flight = InFlight(in_flight);
-    let result = forward(ctx, &picked, host.as_deref(), req).await;
-    let status = match &result {
-        Ok(resp) => resp.status(),
-        Err(e) => e.status(),
-    };
-    metrics
-        .http_responses
-        .get_or_create(&StatusLabel {
-            route: route.route,
-            status: status.as_u16(),
-        })
-        .inc();
-    result
-}
-
-/// One request in `sluice_http_requests_in_flight`.
-struct InFlight(prometheus_client::metrics::gauge::Gauge);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
+    forward::handle(ctx, &picked, host.as_deref(), req).await
 }
 
 /// Replaces the request's path, keeping its query (and on h2 its scheme and
@@ -314,118 +143,4 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
         return Err(ProxyError::BadRequest("missing Host header"));
     }
     Ok(host.or(authority))
-}
-
-/// Proxies an ordinary HTTP request with streaming bodies.
-async fn forward(
-    ctx: &ConnCtx,
-    picked: &Picked<'_>,
-    host: Option<&str>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
-    // Safe to send again to another backend only if the method is idempotent
-    // and there is no body that the first attempt could have consumed.
-    let retryable = parts.method.is_idempotent() && hyper::body::Body::is_end_stream(&body);
-    let mut body = Some(body);
-    // Upgrade tokens other than websocket (h2c and others) are hop-by-hop and
-    // go with the rest: the request continues as plain HTTP (contract).
-    headers::strip_hop_by_hop(&mut parts.headers);
-    let (client, xff) = headers::forwarded_for(
-        &parts.headers,
-        ctx.conn.peer.ip(),
-        &ctx.snapshot.config.server.trusted_proxies,
-    );
-    headers::set_forwarded(&mut parts.headers, &client, xff, ctx.conn.tls, host);
-    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        parts.headers.insert(header::HOST, h);
-    }
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
-    // Backends speak HTTP/1.1 whatever the client spoke.
-    parts.version = Version::HTTP_11;
-
-    let deadline = tokio::time::Instant::now() + ctx.snapshot.config.server.handshake_timeout;
-    let mut tried = Vec::new();
-    let mut last = None;
-    loop {
-        let lease = match picked.pool.pick(&tried) {
-            Ok(lease) => lease,
-            Err(crate::pool::NoBackend::AllUnhealthy) if last.is_none() => {
-                return Err(ProxyError::NoHealthyBackend)
-            }
-            Err(_) => return Err(last.expect("a backend was tried")),
-        };
-        let backend = lease.backend();
-        let scheme = if backend.tls { "https" } else { "http" };
-        let mut attempt = http::request::Builder::new()
-            .method(parts.method.clone())
-            .version(if backend.h2 {
-                Version::HTTP_2
-            } else {
-                parts.version
-            })
-            .uri(format!("{scheme}://{}{pq}", backend.authority()));
-        if let Some(h) = attempt.headers_mut() {
-            *h = parts.headers.clone();
-        }
-        let req_body = match body.take() {
-            Some(b) => Either::Left(b),
-            None => Either::Right(http_body_util::Empty::new()),
-        };
-        let req = attempt
-            .body(req_body)
-            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
-        let result =
-            tokio::time::timeout_at(deadline, picked.pool.http(backend).request(req)).await;
-        match result {
-            Err(_) => return Err(ProxyError::BackendTimeout),
-            Ok(Ok(mut resp)) => {
-                headers::strip_hop_by_hop(resp.headers_mut());
-                return Ok(resp.map(Either::Left));
-            }
-            Ok(Err(e)) if e.is_connect() => {
-                lease.connect_failed();
-                tried.push(lease.index());
-                let e = classify_client_error(e);
-                if !retryable {
-                    return Err(e);
-                }
-                last = Some(e);
-            }
-            Ok(Err(e)) => return Err(classify_client_error(e)),
-        }
-    }
-}
-
-fn classify_client_error(e: hyper_util::client::legacy::Error) -> ProxyError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(err) = source {
-        if let Some(be) = err.downcast_ref::<BackendError>() {
-            return match be {
-                BackendError::TimedOut => ProxyError::BackendTimeout,
-                BackendError::Refused(io) => ProxyError::Backend(BackendError::Refused(
-                    std::io::Error::new(io.kind(), io.to_string()),
-                )),
-                _ => ProxyError::BadBackendHandshake("backend connection failed"),
-            };
-        }
-        source = err.source();
-    }
-    ProxyError::Backend(BackendError::Io(std::io::Error::other(error_chain(&e))))
-}
-
-/// `error: cause: cause` on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
