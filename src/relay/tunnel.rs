@@ -14,7 +14,7 @@ use crate::metrics::{CloseLabel, EndingLabel, Metrics, RouteLabel, TrafficLabel}
 use crate::shared::Shared;
 use crate::stream::{BackendStream, ClientStream, Tunneled};
 
-use super::{Live, Policy, Report};
+use super::{CloseCode, Direction, Live, Policy, Report, Side};
 
 /// Who a tunnel is for, for its log line and metric labels.
 #[derive(Debug, Clone)]
@@ -100,16 +100,13 @@ fn unwrap_client(client: Upgraded) -> (Tunneled<ClientStream>, Bytes) {
 /// (the relay flushes into them at most once a second).
 fn live_counters(metrics: &Metrics, route: &str) -> Live {
     let mut live = Live::default();
-    for (i, direction) in ["client_to_backend", "backend_to_client"]
-        .into_iter()
-        .enumerate()
-    {
+    for direction in Direction::BOTH {
         let label = TrafficLabel {
             route: route.to_owned(),
-            direction,
+            direction: direction.label(),
         };
-        live.frames[i] = metrics.frames.get_or_create(&label).clone();
-        live.bytes[i] = metrics.bytes.get_or_create(&label).clone();
+        live.frames[direction] = metrics.frames.get_or_create(&label).clone();
+        live.bytes[direction] = metrics.bytes.get_or_create(&label).clone();
     }
     live
 }
@@ -118,13 +115,13 @@ fn live_counters(metrics: &Metrics, route: &str) -> Live {
 /// bytes are on the live counters already).
 fn record(who: &Who, report: &Report, metrics: &Metrics) {
     let route = &who.route;
-    for (i, direction) in ["to_client", "to_backend"].into_iter().enumerate() {
-        if report.sent_close[i] != 0 {
+    for side in Side::BOTH {
+        if let Some(code) = report.sent_close[side] {
             metrics
                 .closes
                 .get_or_create(&CloseLabel {
-                    code: report.sent_close[i].to_string(),
-                    direction,
+                    code: code.to_string(),
+                    direction: side.toward_label(),
                 })
                 .inc();
         }
@@ -136,17 +133,19 @@ fn record(who: &Who, report: &Report, metrics: &Metrics) {
             ending: report.ending.label(),
         })
         .inc();
+    let code = |side| report.sent_close[side].map_or(0, |c: CloseCode| c.get());
+    use Direction::{BackendToClient as B2C, ClientToBackend as C2B};
     tracing::info!(
         peer = %who.peer,
         route,
         backend = who.backend,
         ending = %report.ending,
-        close_to_client = report.sent_close[0],
-        close_to_backend = report.sent_close[1],
-        bytes_client_to_backend = report.bytes[0],
-        bytes_backend_to_client = report.bytes[1],
-        frames_client_to_backend = report.frames[0],
-        frames_backend_to_client = report.frames[1],
+        close_to_client = code(Side::Client),
+        close_to_backend = code(Side::Backend),
+        bytes_client_to_backend = report.bytes[C2B],
+        bytes_backend_to_client = report.bytes[B2C],
+        frames_client_to_backend = report.frames[C2B],
+        frames_backend_to_client = report.frames[B2C],
         duration_ms = report.duration.as_millis() as u64,
         "tunnel closed"
     );

@@ -328,10 +328,12 @@ fn open_tunnel(
         backend: stream,
         backend_pre: answer.rest,
         policy: relay::Policy {
-            max_frame_bytes: policy.max_frame_bytes,
-            max_message_bytes: policy.max_message_bytes,
-            allowed_rsv: negotiated.allowed_rsv,
-            allowed_rsv_continuation: negotiated.allowed_rsv_continuation,
+            rules: relay::Rules {
+                max_frame_bytes: policy.max_frame_bytes,
+                max_message_bytes: policy.max_message_bytes,
+                allowed_rsv: negotiated.allowed_rsv,
+                allowed_rsv_continuation: negotiated.allowed_rsv_continuation,
+            },
             idle_timeout: ctx.snapshot.config.server.idle_timeout,
             message_rate: relay::MessageRate {
                 per_second: route.limits.messages_per_second,
