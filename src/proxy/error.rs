@@ -15,7 +15,7 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper_util::client::legacy;
 
-use super::Body;
+use super::ctx::Body;
 use crate::backend::BackendError;
 use crate::metrics::Rejection;
 use crate::pool::Unreached;

@@ -11,7 +11,8 @@ use http::{Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use super::{Body, ConnCtx, ProxyError};
+use super::ctx::{Body, ConnCtx};
+use super::error::ProxyError;
 use crate::headers;
 use crate::metrics::{RouteLabel, StatusLabel};
 use crate::pool::Attempt;

@@ -1,16 +1,16 @@
 //! The WebSocket handshake, from the client's request to an open tunnel, in
 //! three steps, each a function below:
 //!
-//! 1. [`admit`]: the local checks, in the contract's order: validate
+//! 1. `admit`: the local checks, in the contract's order: validate
 //!    (400/426) → origin (403) → handshake rate (429 + Retry-After) → per-IP
 //!    tunnel cap (429). The backend is not contacted until all have passed.
-//! 2. [`offer`] and [`reach`]: the request toward the backend, sent to one
+//! 2. `offer` and `reach`: the request toward the backend, sent to one
 //!    of the route's backends (refusers ejected, the next one tried) and
 //!    answered within `handshake_timeout` (502/504).
-//! 3. [`open_tunnel`]: the backend's 101 is believed only if its
+//! 3. `open_tunnel`: the backend's 101 is believed only if its
 //!    `Sec-WebSocket-Accept` matches the key and its `Upgrade` is websocket;
 //!    then [`relay::Tunnel`] is spawned and the 101 (200 on h2) returned.
-//!    Any other answer goes to the client as plain HTTP ([`refusal`]) and no
+//!    Any other answer goes to the client as plain HTTP (`refusal`) and no
 //!    tunnel opens, so the client connection stays HTTP (no smuggling).
 //!
 //! WebSocket over h2 (RFC 8441 extended CONNECT) takes the same path and
@@ -23,14 +23,14 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use super::ctx::{Body, ConnCtx};
+use super::error::{text_response, ProxyError};
 use crate::backend::{self, BackendError};
 use crate::headers::{self, Forwarding};
 use crate::metrics::{HandshakeLabel, HandshakeOutcome, RouteLabel};
 use crate::policy::origin;
 use crate::policy::rate::ConnectionGuard;
 use crate::pool::{Attempt, Lease};
-use crate::proxy::ctx::{Body, ConnCtx};
-use crate::proxy::error::{text_response, ProxyError};
 use crate::relay;
 use crate::route::Picked;
 use crate::stream::BackendStream;
