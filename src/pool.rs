@@ -402,29 +402,20 @@ mod tests {
             run(p.try_each(true, |b| std::future::ready(refuse_two(b.port)))).unwrap();
         assert_eq!((lease.backend().port, port), (3, 3));
         drop(lease);
-        // Without retry, the first refusal is the answer.
-        let mut tries = 0;
-        let refused = run(p.try_each(false, |b| {
-            tries += 1;
-            std::future::ready(Attempt::<(), _>::Refused(b.port))
-        }));
-        assert!(matches!(refused, Err(Unreached::Failed(_))), "{refused:?}");
-        assert_eq!(tries, 1);
-        // With retry, every backend is tried once.
-        let mut tries = 0;
-        let all = run(p.try_each(true, |b| {
-            tries += 1;
-            std::future::ready(Attempt::<(), _>::Refused(b.port))
-        }));
-        assert!(matches!(all, Err(Unreached::Failed(_))), "{all:?}");
-        assert_eq!(tries, 3);
-        let mut tries = 0;
-        let failed = run(p.try_each(true, |b| {
-            tries += 1;
-            std::future::ready(Attempt::<(), _>::Failed(b.port))
-        }));
-        assert!(matches!(failed, Err(Unreached::Failed(_))), "{failed:?}");
-        assert_eq!(tries, 1, "a failure other than a refusal is not retried");
+        // (retry, the attempt refuses rather than fails) -> backends tried
+        for (retry, refuse, want) in [(false, true, 1), (true, true, 3), (true, false, 1)] {
+            let mut tries = 0;
+            let result = run(p.try_each(retry, |b| {
+                tries += 1;
+                std::future::ready(if refuse {
+                    Attempt::<(), _>::Refused(b.port)
+                } else {
+                    Attempt::Failed(b.port)
+                })
+            }));
+            assert!(matches!(result, Err(Unreached::Failed(_))), "{result:?}");
+            assert_eq!(tries, want, "retry {retry}, refuse {refuse}");
+        }
     }
 
     #[test]
