@@ -169,8 +169,24 @@ pub struct Client {
     /// Milliseconds after `accepted` when `busy` last fell to zero.
     idle_since_ms: AtomicU64,
     changed: Notify,
-    _place: Option<Place>,
+    places: std::sync::Mutex<Places>,
+}
+
+/// A connection's places under the process ceiling and the per-IP cap.
+#[derive(Debug, Default)]
+pub struct Places {
+    _ceiling: Option<Place>,
     _per_ip: Option<ConnectionGuard>,
+}
+
+/// What a tunnel keeps of the connection it came from: on HTTP/1.1 the
+/// socket is the tunnel, so it takes the connection's places and lets the
+/// rest go; on h2 it shares the connection with other streams and keeps it
+/// busy (and alive) instead.
+#[derive(Debug)]
+pub enum Kept {
+    Places(Places),
+    Busy(Busy),
 }
 
 /// What a connection is doing, as its driver sees it.
@@ -196,8 +212,10 @@ impl Client {
             served: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
             changed: Notify::new(),
-            _place: place,
-            _per_ip: per_ip,
+            places: std::sync::Mutex::new(Places {
+                _ceiling: place,
+                _per_ip: per_ip,
+            }),
         })
     }
 
@@ -213,6 +231,16 @@ impl Client {
             self.changed.notify_one();
         }
         Busy(self.clone())
+    }
+
+    /// What a tunnel made from this connection keeps; `shared` when the
+    /// connection carries other streams too (h2).
+    pub fn keep_for_tunnel(self: &Arc<Self>, shared: bool) -> Kept {
+        if shared {
+            return Kept::Busy(self.begin());
+        }
+        let mut places = self.places.lock().unwrap_or_else(|e| e.into_inner());
+        Kept::Places(std::mem::take(&mut *places))
     }
 
     pub fn state(&self) -> State {

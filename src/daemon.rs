@@ -1,8 +1,11 @@
 //! Running as a daemon: start, signals, reload, drain, sd_notify.
 //!
-//! Signals enter as a [`Signal`] value so tests can drive the same code paths
-//! without a process. A reload builds a complete new snapshot first and only
-//! then swaps it in; a bad config is logged and changes nothing.
+//! Unix signals are mapped to a [`Signal`] value, and `run` acts on that value
+//! alone. Tests do not inject signals: in-process tests call
+//! [`Running::reload`] (the same function SIGHUP reaches), and the signal
+//! contract itself is tested on the real binary (`tests/daemon.rs`). A reload
+//! builds a complete new snapshot first and only then swaps it in; a bad
+//! config is logged and changes nothing.
 
 use std::collections::HashMap;
 use std::io;

@@ -43,11 +43,13 @@ impl Snapshot {
         }
     }
 
-    /// Builds a snapshot, loading certificates. Same path for `check`, `run`
-    /// and reload, so they cannot disagree.
+    /// Builds a snapshot: the checks that need the host (the congestion
+    /// control, then certificates). Same path for `check`, `run` and reload,
+    /// so they cannot disagree.
     pub fn build(config: Config) -> Result<Snapshot, ConfigError> {
+        check_host(&config)?;
         let acceptor = crate::tls::load(&config)?.map(TlsAcceptor::from);
-        Snapshot::with_acceptor(config, acceptor)
+        Snapshot::assemble(config, acceptor)
     }
 
     /// Builds a snapshot around an acceptor made elsewhere (the demo's
@@ -56,6 +58,11 @@ impl Snapshot {
         config: Config,
         acceptor: Option<TlsAcceptor>,
     ) -> Result<Snapshot, ConfigError> {
+        check_host(&config)?;
+        Snapshot::assemble(config, acceptor)
+    }
+
+    fn assemble(config: Config, acceptor: Option<TlsAcceptor>) -> Result<Snapshot, ConfigError> {
         let backend_tls = config
             .routes
             .iter()
@@ -75,6 +82,18 @@ impl Snapshot {
             handshake_limiters,
         })
     }
+}
+
+/// The config checks parsing cannot make because they need the host, each
+/// reported at the line of its key like a parse error. `server.tcp_congestion`:
+/// whether this process may use that algorithm is only known by trying it on
+/// a socket.
+fn check_host(config: &Config) -> Result<(), ConfigError> {
+    let server = &config.server;
+    if let (Some(algorithm), Some(at)) = (&server.tcp_congestion, &server.tcp_congestion_at) {
+        crate::socket::check_congestion(algorithm).map_err(|why| at.error(&config.path, why))?;
+    }
+    Ok(())
 }
 
 /// Process-wide state.
@@ -200,5 +219,32 @@ impl Drop for Tracked {
         {
             self.0.idle.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// Parsing opens no socket, so it takes any name; the build refuses one
+    /// this host lacks, at the key's line as a parse error would be.
+    #[test]
+    fn an_unusable_congestion_control_is_refused_by_the_build_at_its_line() {
+        let text = "[server]\nlisten_plain = [\"127.0.0.1:0\"]\ntcp_congestion = \"warp-drive\"\n\
+                    [[route]]\nbackends = [\"127.0.0.1:9\"]\n";
+        let config = Config::parse(text, Path::new("t.toml")).unwrap();
+        let err = Snapshot::build(config).unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_str()),
+            (Some(3), "server.tcp_congestion")
+        );
+        assert!(
+            err.to_string().starts_with(
+                "t.toml:3: server.tcp_congestion: \"warp-drive\" is not available on this kernel"
+            ),
+            "{err}"
+        );
     }
 }

@@ -14,10 +14,10 @@
 //! kernel when the qdisc is not `fq`, and every paced send arms a
 //! high-resolution timer, which on a virtual machine is a costly exit.
 //! Pacing shapes a flow for the queues of a network path; loopback has
-//! none, so there it only burns CPU. Measured on the 2-core bench VM
-//! (bench/README.md), 4 tunnels echoing 1 MiB messages over loopback cost
-//! sluice 1.52 ms of CPU per MiB with BBR and 1.12 ms with cubic (medians of
-//! 3, same binary). Sockets to other hosts keep BBR, which is what it is for.
+//! none, so there it only burns CPU: compare the row "bulk ws: proxy CPU
+//! ms/MiB" of bench/results/2026-11-24-defaults.md (BBR on every socket) with
+//! bench/results/2026-11-24-s3-5rounds.md (cubic on loopback); bench/README.md
+//! explains the runs. Sockets to other hosts keep BBR, which is what it is for.
 
 use std::io;
 

@@ -196,18 +196,6 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Replay<S> {
     }
 }
 
-async fn get(s: &Sluice) -> (u16, String) {
-    let mut tcp = TcpStream::connect(s.plain_addr).await.unwrap();
-    let (status, _) = raw_request(
-        &mut tcp,
-        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    let mut body = String::new();
-    let _ = within("body", tcp.read_to_string(&mut body)).await;
-    (status, body)
-}
-
 fn route(backend: SocketAddr, extra: &str) -> String {
     format!(
         "[[route]]\nbackends = [\"https://localhost:{}\"]\n{extra}\n",
@@ -227,7 +215,10 @@ async fn https_backend_verified_against_backend_ca() {
         ),
     )
     .await;
-    assert_eq!(get(&s).await, (200, "tls ok".to_owned()));
+    assert_eq!(
+        get(s.plain_addr, "x", "/", "").await,
+        (200, "tls ok".to_owned())
+    );
     let mut ws = ws_plain(s.plain_addr, "/").await;
     echo_once(&mut ws, Message::Text("over TLS to the backend".into())).await;
 }
@@ -238,7 +229,7 @@ async fn https_backend_with_an_untrusted_certificate_is_502() {
     let backend = tls_backend(&pki, false).await;
     // No backend_ca: the system roots do not know the test CA.
     let s = Sluice::start("", &route(backend, "")).await;
-    assert_eq!(get(&s).await.0, 502);
+    assert_eq!(get(s.plain_addr, "x", "/", "").await.0, 502);
 }
 
 #[tokio::test]
@@ -253,7 +244,7 @@ async fn mtls_backend_needs_the_client_certificate() {
         ),
     )
     .await;
-    assert_eq!(get(&without).await.0, 502);
+    assert_eq!(get(without.plain_addr, "x", "/", "").await.0, 502);
     let with = Sluice::start(
         "",
         &route(
@@ -267,6 +258,9 @@ async fn mtls_backend_needs_the_client_certificate() {
         ),
     )
     .await;
-    assert_eq!(get(&with).await, (200, "tls ok".to_owned()));
+    assert_eq!(
+        get(with.plain_addr, "x", "/", "").await,
+        (200, "tls ok".to_owned())
+    );
     let _ = &pki.dir;
 }

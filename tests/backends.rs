@@ -14,7 +14,6 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use support::*;
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -65,18 +64,6 @@ impl Switchable {
     }
 }
 
-async fn get(addr: SocketAddr) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let (status, _) = raw_request(
-        &mut tcp,
-        b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    let mut body = String::new();
-    let _ = within("body", tcp.read_to_string(&mut body)).await;
-    (status, body)
-}
-
 #[tokio::test]
 async fn a_refused_backend_is_retried_on_the_next_for_upgrades_and_gets() {
     let echo = EchoWs::start().await;
@@ -93,7 +80,7 @@ async fn a_refused_backend_is_retried_on_the_next_for_upgrades_and_gets() {
     for _ in 0..3 {
         let mut ws = ws_plain(s.plain_addr, "/ws").await;
         echo_once(&mut ws, Message::Text("via the live backend".into())).await;
-        assert_eq!(get(s.plain_addr).await.0, 200);
+        assert_eq!(get(s.plain_addr, "x", "/x", "").await.0, 200);
     }
     assert_eq!(echo.connections(), 3);
 }
@@ -141,7 +128,10 @@ async fn health_checks_eject_and_restore_backends_and_all_unhealthy_is_503() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let before = a.served.load(Ordering::SeqCst);
     for _ in 0..6 {
-        assert_eq!(get(s.plain_addr).await, (200, "b".to_owned()));
+        assert_eq!(
+            get(s.plain_addr, "x", "/x", "").await,
+            (200, "b".to_owned())
+        );
     }
     assert_eq!(
         a.served.load(Ordering::SeqCst),
@@ -151,11 +141,14 @@ async fn health_checks_eject_and_restore_backends_and_all_unhealthy_is_503() {
 
     b.healthy.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(get(s.plain_addr).await.0, 503);
+    assert_eq!(get(s.plain_addr, "x", "/x", "").await.0, 503);
 
     a.healthy.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(get(s.plain_addr).await, (200, "a".to_owned()));
+    assert_eq!(
+        get(s.plain_addr, "x", "/x", "").await,
+        (200, "a".to_owned())
+    );
 }
 
 #[tokio::test]

@@ -1,11 +1,15 @@
-//! Property tests for `sluice::frame`: a streaming scan over randomly chunked
-//! streams of valid frames must find exactly the frames that were written,
-//! and the same ones tungstenite's independent header parser finds.
+//! Property tests for the relay's scanner (`sluice::relay::scan`) and
+//! `sluice::frame`: the scanner, fed randomly chunked streams of valid
+//! frames, must take exactly the frames that were written (the same ones
+//! tungstenite's independent header parser finds), and on any stream its
+//! verdict must not depend on how the bytes were split.
 
 use std::io::Cursor;
 
 use proptest::prelude::*;
 use sluice::frame::{apply_mask, opcode, parse_header, Header, MAX_HEADER_LEN};
+use sluice::relay::scan::{Gate, Rules, Scanner, Violation, Walk};
+use sluice::relay::Direction;
 use tungstenite::protocol::frame::FrameHeader;
 
 #[derive(Clone, Debug)]
@@ -121,67 +125,122 @@ fn serialize(specs: &[FrameSpec]) -> (Vec<u8>, Vec<(u64, Header)>) {
     (out, expected)
 }
 
-/// The relay's loop: header bytes that arrive split across reads are kept in
-/// a fixed buffer; payload bytes are skipped by count and never buffered.
-#[derive(Default)]
-struct Scanner {
-    pending: [u8; MAX_HEADER_LEN],
-    pending_len: usize,
-    skip: u64,
-    consumed: u64,
-    frames: Vec<(u64, Header)>,
+/// Feeds `stream` to the relay's scanner in chunks of `sizes` (cycled), the
+/// way the relay does: bytes the scanner did not take (a partial header or
+/// Close frame) are handed to it again with the next chunk behind them.
+/// Returns the bytes it let through, the violation that stopped it (if any)
+/// and the headers it took, in order.
+fn walk_chunked(
+    stream: &[u8],
+    sizes: &[usize],
+    dir: Direction,
+    rules: &Rules,
+) -> (usize, Option<Violation>, Vec<Header>) {
+    let mut scanner = Scanner::new(dir);
+    let mut gate = Taken(Vec::new());
+    let mut held: Vec<u8> = Vec::new();
+    let mut passed = 0;
+    let mut rest = stream;
+    for &size in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (chunk, tail) = rest.split_at(size.min(rest.len()));
+        rest = tail;
+        held.extend_from_slice(chunk);
+        let (n, walk) = scanner.walk(rules, &held, &mut gate);
+        passed += n;
+        held.drain(..n);
+        match walk {
+            Walk::NeedMore => {}
+            Walk::Violation(v) => return (passed, Some(v), gate.0),
+            Walk::Gate(never) => match never {},
+        }
+    }
+    (passed, None, gate.0)
 }
 
-impl Scanner {
-    fn feed(&mut self, mut data: &[u8]) {
-        loop {
-            let n = self.skip.min(data.len() as u64) as usize;
-            self.skip -= n as u64;
-            self.consumed += n as u64;
-            data = &data[n..];
-            if data.is_empty() {
-                return;
+/// A gate that takes every frame and remembers its header.
+struct Taken(Vec<Header>);
+
+impl Gate for Taken {
+    type Stop = std::convert::Infallible;
+    fn boundary(&mut self) -> Option<Self::Stop> {
+        None
+    }
+    fn take(&mut self, frame: &Header) -> Result<(), Self::Stop> {
+        self.0.push(*frame);
+        Ok(())
+    }
+}
+
+/// Rules that every generated valid stream obeys: any size, no extension.
+const OPEN_RULES: Rules = Rules {
+    max_frame_bytes: u64::MAX >> 1,
+    max_message_bytes: u64::MAX >> 1,
+    allowed_rsv: 0,
+    allowed_rsv_continuation: 0,
+};
+
+/// Client frames as a conforming client sends them (RFC 6455 §5): masked,
+/// RSV 0, messages either whole or a first frame then continuations, control
+/// frames anywhere (also between fragments), Close payloads valid.
+fn valid_client_frames() -> impl Strategy<Value = Vec<FrameSpec>> {
+    prop::collection::vec(
+        (
+            0u8..4,
+            any::<bool>(),
+            any::<[u8; 4]>(),
+            payload_len(),
+            any::<u8>(),
+        ),
+        0..12,
+    )
+    .prop_map(|raw| {
+        let mut out = Vec::new();
+        let mut open = false;
+        let mut total = 0u64;
+        for (kind, last, key, len, fill) in raw {
+            total += len;
+            if total > 256 << 10 {
+                break;
             }
-            let (parsed, from_data) = if self.pending_len == 0 {
-                (parse_header(data), data.len())
-            } else {
-                // Top up only to a full header so no payload byte is copied.
-                let take = (MAX_HEADER_LEN - self.pending_len).min(data.len());
-                self.pending[self.pending_len..self.pending_len + take]
-                    .copy_from_slice(&data[..take]);
-                (parse_header(&self.pending[..self.pending_len + take]), take)
+            let spec = |fin, opcode, payload_len| FrameSpec {
+                fin,
+                rsv: 0,
+                opcode,
+                mask: Some(key),
+                payload_len,
+                fill,
             };
-            match parsed.expect("valid stream") {
-                Some(h) => {
-                    let hl = usize::from(h.header_len);
-                    assert!(hl > self.pending_len, "earlier prefix should have parsed");
-                    let used = hl - self.pending_len;
-                    assert!(used <= from_data);
-                    let start = self.consumed - self.pending_len as u64;
-                    self.frames.push((start, h));
-                    self.consumed += used as u64;
-                    self.pending_len = 0;
-                    self.skip = h.payload_len;
-                    data = &data[used..];
-                }
-                None => {
-                    assert!(
-                        from_data == data.len(),
-                        "a full header fits in MAX_HEADER_LEN"
-                    );
-                    self.pending_len += if self.pending_len == 0 {
-                        self.pending[..data.len()].copy_from_slice(data);
-                        data.len()
+            match kind {
+                // A ping (or pong) may come anywhere.
+                0 => out.push(spec(true, opcode::PING, len % 126)),
+                1 => out.push(spec(true, opcode::PONG, len % 126)),
+                // A data frame: starts a message, or continues the open one.
+                _ => {
+                    let op = if open {
+                        opcode::CONTINUATION
                     } else {
-                        from_data
+                        opcode::BINARY
                     };
-                    self.consumed += data.len() as u64;
-                    assert!(self.pending_len < MAX_HEADER_LEN);
-                    return;
+                    out.push(spec(last, op, len));
+                    open = !last;
                 }
             }
         }
-    }
+        if open {
+            out.push(FrameSpec {
+                fin: true,
+                rsv: 0,
+                opcode: opcode::CONTINUATION,
+                mask: Some([1, 2, 3, 4]),
+                payload_len: 0,
+                fill: 0,
+            });
+        }
+        out
+    })
 }
 
 /// Independent decoder: tungstenite's header parser over the whole stream.
@@ -220,27 +279,45 @@ fn chunk_sizes() -> impl Strategy<Value = Vec<usize>> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
+    /// A valid client stream, split anywhere: the relay's scanner takes
+    /// every byte and exactly the frames that were written, the same ones
+    /// tungstenite's independent parser finds.
     #[test]
-    fn chunked_scan_matches_tungstenite(specs in frame_specs(), sizes in chunk_sizes()) {
+    fn chunked_scan_matches_tungstenite(specs in valid_client_frames(), sizes in chunk_sizes()) {
         let (stream, expected) = serialize(&specs);
 
         let reference = tungstenite_frames(&stream);
         prop_assert_eq!(&reference, &expected);
 
-        let mut scanner = Scanner::default();
-        let mut rest = &stream[..];
-        for &size in sizes.iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (chunk, tail) = rest.split_at(size.min(rest.len()));
-            scanner.feed(chunk);
-            rest = tail;
-        }
-        prop_assert_eq!(&scanner.frames, &expected);
-        prop_assert_eq!(scanner.consumed, stream.len() as u64);
-        prop_assert_eq!(scanner.skip, 0);
-        prop_assert_eq!(scanner.pending_len, 0);
+        let (passed, violation, taken) =
+            walk_chunked(&stream, &sizes, Direction::ClientToBackend, &OPEN_RULES);
+        prop_assert_eq!(violation, None);
+        prop_assert_eq!(passed, stream.len());
+        let headers: Vec<Header> = expected.iter().map(|(_, h)| *h).collect();
+        prop_assert_eq!(taken, headers);
+    }
+
+    /// Any frames at all (bad RSV bits, stray continuations, unmasked or
+    /// oversized frames), split anywhere: where the scanner stops and why
+    /// does not depend on how the bytes arrived.
+    #[test]
+    fn verdicts_do_not_depend_on_read_sizes(
+        specs in frame_specs(),
+        sizes in chunk_sizes(),
+        backend in any::<bool>(),
+        small in any::<bool>(),
+    ) {
+        let (stream, _) = serialize(&specs);
+        let dir = if backend { Direction::BackendToClient } else { Direction::ClientToBackend };
+        let rules = Rules {
+            max_frame_bytes: if small { 1000 } else { 1 << 20 },
+            max_message_bytes: if small { 1500 } else { 1 << 20 },
+            allowed_rsv: if small { 0b100 } else { 0 },
+            allowed_rsv_continuation: 0,
+        };
+        let whole = walk_chunked(&stream, &[usize::MAX], dir, &rules);
+        let chunked = walk_chunked(&stream, &sizes, dir, &rules);
+        prop_assert_eq!(chunked, whole);
     }
 
     #[test]

@@ -13,7 +13,6 @@ mod support;
 use std::net::SocketAddr;
 
 use support::*;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// Route 0: `/admin`, only https://good.example; route 1: anything, any origin.
@@ -37,20 +36,6 @@ async fn admin_and_catch_all() -> (Sluice, RawBackend, RawBackend) {
 async fn upgrade_status(s: &Sluice, host: &str, path: &str, extra: &str) -> (u16, String) {
     let mut tcp = TcpStream::connect(s.plain_addr).await.unwrap();
     raw_request(&mut tcp, &upgrade_request(host, path, extra)).await
-}
-
-async fn get(addr: SocketAddr, host: &str, target: &str, extra: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let (status, head) = raw_request(
-        &mut tcp,
-        format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n")
-            .as_bytes(),
-    )
-    .await;
-    let mut body = Vec::new();
-    let _ = within("body", tcp.read_to_end(&mut body)).await;
-    let _ = head;
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 // ------------------------------------------------------------ item 2

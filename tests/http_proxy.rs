@@ -15,19 +15,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn get(s: &Sluice, host: &str, path: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(s.plain_addr).await.unwrap();
-    let (status, head) = raw_request(
-        &mut tcp,
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await;
-    let mut body = Vec::new();
-    let _ = within("body", tcp.read_to_end(&mut body)).await;
-    let _ = head;
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 #[tokio::test]
 async fn routes_by_host_and_path_first_match_wins() {
     let chat = HttpEcho::start().await;
@@ -43,12 +30,20 @@ async fn routes_by_host_and_path_first_match_wins() {
         ),
     )
     .await;
-    assert_eq!(get(&s, "chat.example.com", "/api/x").await.0, 200);
+    assert_eq!(
+        get(s.plain_addr, "chat.example.com", "/api/x", "").await.0,
+        200
+    );
     assert_eq!(chat.requests(), 1);
-    assert_eq!(get(&s, "chat.example.com:443", "/other").await.0, 200);
-    assert_eq!(get(&s, "a.example.com", "/api").await.0, 200);
+    assert_eq!(
+        get(s.plain_addr, "chat.example.com:443", "/other", "")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(get(s.plain_addr, "a.example.com", "/api", "").await.0, 200);
     assert_eq!(wild.requests(), 2);
-    assert_eq!(get(&s, "example.com", "/").await.0, 200);
+    assert_eq!(get(s.plain_addr, "example.com", "/", "").await.0, 200);
     assert_eq!(rest.requests(), 1);
     assert_eq!(chat.requests(), 1);
 }
@@ -64,7 +59,7 @@ async fn no_route_is_404() {
         ),
     )
     .await;
-    assert_eq!(get(&s, "b.test", "/").await.0, 404);
+    assert_eq!(get(s.plain_addr, "b.test", "/", "").await.0, 404);
     assert_eq!(b.connections(), 0);
 }
 
@@ -78,7 +73,7 @@ async fn round_robin_over_backends() {
     )
     .await;
     for _ in 0..4 {
-        assert_eq!(get(&s, "x", "/").await.0, 200);
+        assert_eq!(get(s.plain_addr, "x", "/", "").await.0, 200);
     }
     assert_eq!((a.requests(), b.requests()), (2, 2));
 }
@@ -185,11 +180,11 @@ async fn keep_alive_reuses_backend_connections() {
 #[tokio::test]
 async fn backend_refused_is_502_and_silent_is_504() {
     let s = Sluice::to(refused_addr().await, "", "").await;
-    assert_eq!(get(&s, "x", "/").await.0, 502);
+    assert_eq!(get(s.plain_addr, "x", "/", "").await.0, 502);
     let (silent, _) = silent_backend().await;
     let s = Sluice::to(silent, "handshake_timeout = \"300ms\"", "").await;
     let t = Instant::now();
-    assert_eq!(get(&s, "x", "/").await.0, 504);
+    assert_eq!(get(s.plain_addr, "x", "/", "").await.0, 504);
     assert!(t.elapsed() < Duration::from_secs(3));
 }
 

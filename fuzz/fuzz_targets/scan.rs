@@ -1,70 +1,61 @@
-//! Streaming scan over arbitrary bytes delivered in two reads, plus the
-//! Close-payload checker, masking and Close encoding on the same bytes.
+//! The relay's scanner (`sluice::relay::scan`) over arbitrary bytes
+//! delivered in two reads, both directions, two rule sets: it must never
+//! panic, never let through more than it was given, and reach the same
+//! verdict at the same byte whatever the split. Plus the Close-payload
+//! checker, masking and Close encoding on the same bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sluice::frame::{
     apply_mask, check_close_payload, encode_close, parse_header, CloseError, CLOSE_FRAME_MAX,
-    MAX_HEADER_LEN,
 };
+use sluice::relay::scan::{Open, Rules, Scanner, Violation, Walk};
+use sluice::relay::Direction;
 
-/// The relay's loop: keep an incomplete header in a fixed buffer, skip
-/// payload bytes by count. Returns the bytes it accounted for.
-fn scan(reads: &[&[u8]]) -> u64 {
-    let mut pending = [0u8; MAX_HEADER_LEN];
-    let mut pending_len = 0usize;
-    let mut skip = 0u64;
-    let mut consumed = 0u64;
-    for &read in reads {
-        let mut data = read;
-        loop {
-            let n = skip.min(data.len() as u64) as usize;
-            skip -= n as u64;
-            consumed += n as u64;
-            data = &data[n..];
-            if data.is_empty() {
-                break;
-            }
-            let take = (MAX_HEADER_LEN - pending_len).min(data.len());
-            pending[pending_len..pending_len + take].copy_from_slice(&data[..take]);
-            let avail = &pending[..pending_len + take];
-            match parse_header(avail) {
-                Ok(Some(h)) => {
-                    let hl = usize::from(h.header_len);
-                    assert!((2..=MAX_HEADER_LEN).contains(&hl));
-                    assert!(hl <= avail.len());
-                    // A shorter prefix already returned Ok(None).
-                    assert!(hl > pending_len);
-                    // The same header must come out of any longer input.
-                    assert_eq!(parse_header(&avail[..hl]), Ok(Some(h)));
-                    assert!(h.payload_len >> 63 == 0);
-                    let used = hl - pending_len;
-                    consumed += used as u64;
-                    data = &data[used..];
-                    pending_len = 0;
-                    skip = h.payload_len;
-                }
-                Ok(None) => {
-                    assert_eq!(take, data.len(), "MAX_HEADER_LEN bytes always decide");
-                    pending_len += take;
-                    consumed += take as u64;
-                    break;
-                }
-                Err(e) => {
-                    // Every prefix up to the error was either incomplete or
-                    // the same error: errors must not depend on read sizes.
-                    for cut in 0..avail.len() {
-                        let r = parse_header(&avail[..cut]);
-                        assert!(r == Ok(None) || r == Err(e));
-                    }
-                    // Report where the bad frame starts, wherever the read split it.
-                    return consumed - pending_len as u64;
+/// Feeds `reads` to a scanner the way the relay does (bytes it did not take
+/// come again with the next read). Returns the bytes let through and the
+/// violation that stopped it, if any.
+fn scan(reads: &[&[u8]], dir: Direction, rules: &Rules) -> (usize, Option<Violation>) {
+    let mut scanner = Scanner::new(dir);
+    let mut held = Vec::new();
+    let mut passed = 0;
+    for read in reads {
+        held.extend_from_slice(read);
+        let (n, walk) = scanner.walk(rules, &held, &mut Open);
+        assert!(n <= held.len());
+        passed += n;
+        held.drain(..n);
+        match walk {
+            Walk::NeedMore => {
+                // Payload is never held back; at a boundary, only a partial
+                // header or Close frame (2 + 4 + 125 bytes at most) is.
+                if scanner.at_boundary() {
+                    assert!(held.len() <= 2 + 4 + 125, "{} held", held.len());
+                } else {
+                    assert!(held.is_empty());
                 }
             }
+            Walk::Violation(v) => return (passed, Some(v)),
+            Walk::Gate(never) => match never {},
         }
     }
-    consumed
+    (passed, None)
 }
+
+const RULE_SETS: [Rules; 2] = [
+    Rules {
+        max_frame_bytes: 1 << 20,
+        max_message_bytes: 1 << 24,
+        allowed_rsv: 0,
+        allowed_rsv_continuation: 0,
+    },
+    Rules {
+        max_frame_bytes: 100,
+        max_message_bytes: 150,
+        allowed_rsv: 0b100,
+        allowed_rsv_continuation: 0,
+    },
+];
 
 fuzz_target!(|input: &[u8]| {
     let (split, data) = match input.split_first() {
@@ -77,10 +68,15 @@ fuzz_target!(|input: &[u8]| {
         split % (data.len() + 1)
     };
     let (a, b) = data.split_at(split);
-    let consumed = scan(&[a, b]);
-    assert!(consumed <= data.len() as u64);
-    // Splitting must not change what the scan sees.
-    assert_eq!(consumed, scan(&[data]));
+    for dir in [Direction::ClientToBackend, Direction::BackendToClient] {
+        for rules in &RULE_SETS {
+            let whole = scan(&[data], dir, rules);
+            assert!(whole.0 <= data.len());
+            // Splitting must not change what the scanner lets through or why
+            // it stops.
+            assert_eq!(scan(&[a, b], dir, rules), whole);
+        }
+    }
 
     match check_close_payload(data) {
         Ok(None) => assert!(data.is_empty()),

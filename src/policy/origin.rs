@@ -1,7 +1,8 @@
 //! Origin policy for WebSocket handshakes (RFC 6455 §10.2: the server decides
 //! from `Origin` whether a browser page may open the tunnel). Owns the
-//! `allowed_origins` pattern syntax and the decision; does no IO and keeps no
-//! state.
+//! decision; does no IO and keeps no state. The `allowed_origins` pattern
+//! syntax and the host/port rules are config's (`config::host`), used here
+//! for the request's `Origin` and `Host` too, so both are read alike.
 //!
 //! Invariants:
 //! * Comparison is on normalised origins (RFC 6454 §6.1 serialisation):
@@ -11,30 +12,10 @@
 //!   (a trailing slash, a path, user info, a scheme other than http/https) is
 //!   never allowed, except by the pattern `*`, which allows everything.
 
-use std::net::Ipv6Addr;
+use crate::config::{normalise_host, parse_port, split_host_port, split_origin};
 
-/// One `allowed_origins` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OriginPattern {
-    /// `"*"`: any origin, including `null` and malformed ones.
-    Any,
-    /// `"null"`: the opaque origin browsers send from sandboxed frames, `file:`
-    /// pages and some redirects. Matches only the literal `null`.
-    Null,
-    Exact {
-        scheme: String,
-        host: String,
-        port: u16,
-    },
-    /// `"https://*.example.com"`: any host with at least one label before
-    /// `suffix`, never the bare `example.com`.
-    Wildcard {
-        scheme: String,
-        /// Starts with '.', e.g. ".example.com".
-        suffix: String,
-        port: u16,
-    },
-}
+/// The `allowed_origins` entry; its syntax is config's, the decision is here.
+pub use crate::config::OriginPattern;
 
 /// A request's origin after normalisation.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,52 +25,23 @@ struct Origin {
     port: u16,
 }
 
-impl OriginPattern {
-    pub fn parse(s: &str) -> Result<OriginPattern, String> {
-        if s == "*" {
-            return Ok(OriginPattern::Any);
-        }
-        if s.eq_ignore_ascii_case("null") {
-            return Ok(OriginPattern::Null);
-        }
-        let (scheme, host, port) = split_origin(s)?;
-        if let Some(rest) = host.strip_prefix("*.") {
-            if rest.contains('*') {
-                return Err("a wildcard is only allowed as the whole first label, as in \"https://*.example.com\"".into());
-            }
-            check_dns_name(rest)?;
-            return Ok(OriginPattern::Wildcard {
-                scheme: scheme.to_owned(),
-                suffix: format!(".{}", rest.to_ascii_lowercase()),
-                port,
-            });
-        }
-        if host.contains('*') {
-            return Err("a wildcard is only allowed as the whole first label, as in \"https://*.example.com\"".into());
-        }
-        Ok(OriginPattern::Exact {
-            scheme: scheme.to_owned(),
-            host: normalise_host(host)?,
-            port,
-        })
-    }
-
-    fn matches(&self, origin: &Origin) -> bool {
-        match self {
+impl Origin {
+    fn matched_by(&self, pattern: &OriginPattern) -> bool {
+        match pattern {
             OriginPattern::Any => true,
             OriginPattern::Null => false,
             OriginPattern::Exact { scheme, host, port } => {
-                *scheme == origin.scheme && *host == origin.host && *port == origin.port
+                *scheme == self.scheme && *host == self.host && *port == self.port
             }
             OriginPattern::Wildcard {
                 scheme,
                 suffix,
                 port,
             } => {
-                *scheme == origin.scheme
-                    && *port == origin.port
-                    && origin.host.len() > suffix.len()
-                    && origin.host.ends_with(suffix.as_str())
+                *scheme == self.scheme
+                    && *port == self.port
+                    && self.host.len() > suffix.len()
+                    && self.host.ends_with(suffix.as_str())
             }
         }
     }
@@ -123,7 +75,7 @@ pub fn allows(
                 return patterns.contains(&OriginPattern::Null);
             }
             match parse_origin(origin) {
-                Some(o) => patterns.iter().any(|p| p.matches(&o)),
+                Some(o) => patterns.iter().any(|p| o.matched_by(p)),
                 None => false,
             }
         }
@@ -165,200 +117,9 @@ fn parse_origin(s: &str) -> Option<Origin> {
     })
 }
 
-/// `scheme://host[:port]` with nothing after it. Returns the lower-case
-/// scheme, the host as written and the port with the scheme's default filled in.
-fn split_origin(s: &str) -> Result<(&'static str, &str, u16), String> {
-    let (scheme, rest) = s.split_once("://").ok_or_else(|| {
-        "expected \"*\", \"null\" or scheme://host[:port], e.g. \"https://chat.example.com\""
-            .to_owned()
-    })?;
-    let (scheme, default_port) = if scheme.eq_ignore_ascii_case("https") {
-        ("https", 443)
-    } else if scheme.eq_ignore_ascii_case("http") {
-        ("http", 80)
-    } else {
-        return Err(format!(
-            "unsupported scheme {scheme:?}; only http and https"
-        ));
-    };
-    if let Some(i) = rest.find(['/', '?', '#']) {
-        // Browsers never send a path, not even "/": "https://a.com/" is a
-        // misconfiguration, not a spelling of "https://a.com".
-        return Err(format!(
-            "an origin has no path, query or trailing slash; found {:?}",
-            &rest[i..]
-        ));
-    }
-    if rest.contains('@') {
-        return Err("an origin has no user info".into());
-    }
-    let (host, port) = split_host_port(rest)?;
-    if host.is_empty() {
-        return Err("empty host".into());
-    }
-    let port = match port {
-        Some(p) => parse_port(p)?,
-        None => default_port,
-    };
-    Ok((scheme, host, port))
-}
-
-/// Splits `host[:port]` / `[v6][:port]`; the port is returned unparsed.
-pub(crate) fn split_host_port(s: &str) -> Result<(&str, Option<&str>), String> {
-    if s.starts_with('[') {
-        let end = s.find(']').ok_or("unclosed '[' in IPv6 address")?;
-        let (host, after) = s.split_at(end + 1);
-        return match after {
-            "" => Ok((host, None)),
-            _ => match after.strip_prefix(':') {
-                Some(port) => Ok((host, Some(port))),
-                None => Err(format!("unexpected {after:?} after IPv6 address")),
-            },
-        };
-    }
-    match s.split_once(':') {
-        None => Ok((s, None)),
-        Some((_, port)) if port.contains(':') => {
-            Err("an IPv6 address needs brackets, e.g. [::1]".into())
-        }
-        Some((host, port)) => Ok((host, Some(port))),
-    }
-}
-
-/// Digits only (no sign, no spaces), 1..=65535.
-pub(crate) fn parse_port(s: &str) -> Result<u16, String> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("invalid port {s:?}"));
-    }
-    match s.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!("invalid port {s:?}: expected 1 to 65535")),
-        Ok(p) => Ok(p),
-    }
-}
-
-/// Lower-case DNS name or IPv4 literal, or a canonical bracketed IPv6 literal.
-fn normalise_host(host: &str) -> Result<String, String> {
-    if let Some(inner) = host.strip_prefix('[') {
-        let addr: Ipv6Addr = inner
-            .strip_suffix(']')
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| format!("invalid IPv6 address {host:?}"))?;
-        return Ok(format!("[{addr}]"));
-    }
-    check_dns_name(host)?;
-    Ok(host.to_ascii_lowercase())
-}
-
-/// Letters, digits, '-' and '_' in non-empty dot-separated labels. Browsers
-/// send IDNs as punycode, so anything else is not a host they would send.
-pub(crate) fn check_dns_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if ok {
-        Ok(())
-    } else if name.is_empty() {
-        Err("empty host".into())
-    } else {
-        Err(format!("invalid host name {name:?}"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn exact(scheme: &str, host: &str, port: u16) -> OriginPattern {
-        OriginPattern::Exact {
-            scheme: scheme.into(),
-            host: host.into(),
-            port,
-        }
-    }
-
-    #[test]
-    fn parse_patterns() {
-        let wildcard = |scheme: &str, suffix: &str, port| OriginPattern::Wildcard {
-            scheme: scheme.into(),
-            suffix: suffix.into(),
-            port,
-        };
-        let ok = [
-            ("*", OriginPattern::Any),
-            ("null", OriginPattern::Null),
-            ("NULL", OriginPattern::Null),
-            (
-                "https://a.example.com",
-                exact("https", "a.example.com", 443),
-            ),
-            (
-                "HTTPS://A.Example.COM",
-                exact("https", "a.example.com", 443),
-            ),
-            (
-                "https://a.example.com:443",
-                exact("https", "a.example.com", 443),
-            ),
-            ("http://localhost:8080", exact("http", "localhost", 8080)),
-            ("http://localhost", exact("http", "localhost", 80)),
-            ("http://127.0.0.1:3000", exact("http", "127.0.0.1", 3000)),
-            ("https://[::1]:8443", exact("https", "[::1]", 8443)),
-            ("https://[0:0::1]", exact("https", "[::1]", 443)),
-            (
-                "https://*.example.com",
-                wildcard("https", ".example.com", 443),
-            ),
-            (
-                "http://*.Example.com:8080",
-                wildcard("http", ".example.com", 8080),
-            ),
-        ];
-        for (s, want) in ok {
-            assert_eq!(OriginPattern::parse(s), Ok(want), "{s}");
-        }
-        let bad = [
-            "",
-            "example.com",
-            "https://",
-            "https://:443",
-            "https://a.com/",
-            "https://a.com/app",
-            "https://a.com?x",
-            "https://a.com#x",
-            "ftp://a.com",
-            "ws://a.com",
-            "https://user@a.com",
-            "https://user:pw@a.com",
-            "https://a.com:",
-            "https://a.com:0",
-            "https://a.com:65536",
-            "https://a.com:+80",
-            "https://a.com:8o",
-            "https://*",
-            "https://*.",
-            "https://*example.com",
-            "https://a*.example.com",
-            "https://a.*.example.com",
-            "https://*.*.example.com",
-            "https://example.*",
-            "https://a..com",
-            "https://a com",
-            "https://::1",
-            "https://[::1",
-            "https://[nope]",
-            "https://[::1]x",
-            "*.example.com",
-        ];
-        for s in bad {
-            assert!(OriginPattern::parse(s).is_err(), "{s:?} should be rejected");
-        }
-    }
 
     fn patterns(list: &[&str]) -> Vec<OriginPattern> {
         list.iter()

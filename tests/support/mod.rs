@@ -481,6 +481,19 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> (u16, String) {
     (status, head)
 }
 
+/// `GET target` on a new connection to `addr` with `Connection: close`, plus
+/// `extra` header lines (each ending in "\r\n"): the status, and the body as
+/// read to the end of the connection.
+pub async fn get(addr: SocketAddr, host: &str, target: &str, extra: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n");
+    let (status, _) = raw_request(&mut tcp, request.as_bytes()).await;
+    let mut body = Vec::new();
+    let _ = within("body", tcp.read_to_end(&mut body)).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// Reads a response body of `Content-Length` bytes after `read_head`.
 pub async fn read_body<S: AsyncRead + Unpin>(stream: &mut S, head: &str) -> Vec<u8> {
     let len: usize = head_value(head, "content-length")

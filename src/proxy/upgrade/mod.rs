@@ -345,8 +345,12 @@ fn open_tunnel(
     // The tunnel keeps its client connection's places under the connection
     // ceilings (and keeps an h2 connection that carries it from looking
     // idle), its per-IP tunnel slot, its backend lease and the drain's count.
-    let holds: relay::Holds =
-        Box::new((guard, lease, ctx.client.begin(), ctx.shared.tunnels.track()));
+    let holds: relay::Holds = Box::new((
+        guard,
+        lease,
+        ctx.client.keep_for_tunnel(req.version() == Version::HTTP_2),
+        ctx.shared.tunnels.track(),
+    ));
     // Spawned before the answer is returned: hyper completes the client's
     // upgrade only after writing it.
     tunnel.spawn(ctx.shared.clone(), holds);

@@ -1,0 +1,811 @@
+//! Validation and resolution: the file as written ([`RawConfig`]) becomes a
+//! [`Config`], or the first [`ConfigError`], naming the line of the
+//! offending value (its `toml::Spanned`) and the key the validator is
+//! checking. Route overrides are merged over `[websocket]` and `[limits]`
+//! key by key, and those over the built-in defaults.
+//!
+//! No IO: checks that need the host (may this process use that congestion
+//! control?) run when a snapshot is built; what they need to name the line
+//! is carried in the model as [`Located`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::{self, ConfigError};
+use super::host::{Backend, HostMatch, OriginPattern};
+use super::model::{
+    BackendTls, Balance, Config, HealthCheck, Limits, Located, OnMessageRate, Route, Server, Tls,
+    WebSocketPolicy,
+};
+use super::raw::{RawConfig, RawLimits, RawRoute, RawServer, RawTls, RawWebSocket, SpannedList};
+use super::values::{parse_proxy, HumanDuration};
+
+/// `raw`, parsed from `text`, as a [`Config`]; `file` names it in errors and
+/// anchors relative paths.
+pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigError> {
+    Source { file, text }.resolve(raw)
+}
+
+/// The text being parsed, for turning spans into lines.
+struct Source<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn err(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        problem: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::new(
+            self.file,
+            Some(error::line_of(self.text, span.start)),
+            key,
+            problem,
+        )
+    }
+
+    fn err_at<T>(
+        &self,
+        value: &Spanned<T>,
+        key: impl Into<String>,
+        problem: impl Into<String>,
+    ) -> ConfigError {
+        self.err(value.span(), key, problem)
+    }
+
+    fn resolve(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let server = self.server(&raw.server)?;
+        let tls = raw.tls.as_ref().map(|t| self.tls(t)).transpose()?;
+        if let (Some(listen), None) = (&raw.server.listen, &tls) {
+            if !listen.get_ref().is_empty() {
+                return Err(self.err_at(
+                    listen,
+                    "server.listen",
+                    "TLS listeners need a [tls] section with cert and key (use listen_plain for cleartext)",
+                ));
+            }
+        }
+        if server.listen.is_empty() && server.listen_plain.is_empty() {
+            let line = [&raw.server.listen, &raw.server.listen_plain]
+                .into_iter()
+                .flatten()
+                .map(|l| error::line_of(self.text, l.span().start))
+                .next()
+                .or_else(|| error::header_line(self.text, "server"));
+            return Err(ConfigError::new(
+                self.file,
+                line,
+                "server",
+                "no listener: set listen (TLS, with [tls]) or listen_plain",
+            ));
+        }
+
+        let websocket = self.websocket(&raw.websocket, &WebSocketPolicy::default(), "websocket")?;
+        let limits = self.limits(&raw.limits, &Limits::default(), "limits")?;
+        let routes = raw
+            .route
+            .iter()
+            .enumerate()
+            .map(|(i, r)| self.route(r, &format!("route[{i}]"), &websocket, &limits))
+            .collect::<Result<Vec<_>, _>>()?;
+        if routes.is_empty() {
+            return Err(ConfigError::new(
+                self.file,
+                None,
+                "route",
+                "no [[route]]: at least one route with backends is required",
+            ));
+        }
+        Ok(Config {
+            path: self.file.to_owned(),
+            server,
+            tls,
+            routes,
+        })
+    }
+
+    fn server(&self, raw: &RawServer) -> Result<Server, ConfigError> {
+        // Binding the same address twice would only fail at bind time, far
+        // from the line that caused it. Port 0 (tests) is never a clash.
+        let mut seen: HashMap<SocketAddr, String> = HashMap::new();
+        let mut addr = |value: &Spanned<String>, key: String| -> Result<SocketAddr, ConfigError> {
+            let a: SocketAddr = value.get_ref().parse().map_err(|_| {
+                self.err_at(
+                    value,
+                    key.clone(),
+                    format!(
+                        "expected IP:PORT such as \"127.0.0.1:8443\" or \"[::1]:8443\" (host names are not resolved), found {:?}",
+                        value.get_ref()
+                    ),
+                )
+            })?;
+            if a.port() != 0 {
+                if let Some(first) = seen.get(&a) {
+                    return Err(self.err_at(value, key, format!("{a} is already used by {first}")));
+                }
+                seen.insert(a, key);
+            }
+            Ok(a)
+        };
+        let mut list =
+            |raw: &Option<SpannedList>, name: &str| -> Result<Vec<SocketAddr>, ConfigError> {
+                raw.iter()
+                    .flat_map(|l| l.get_ref().iter())
+                    .enumerate()
+                    .map(|(i, v)| addr(v, format!("server.{name}[{i}]")))
+                    .collect()
+            };
+        let listen = list(&raw.listen, "listen")?;
+        let listen_plain = list(&raw.listen_plain, "listen_plain")?;
+        let admin = raw
+            .admin
+            .as_ref()
+            .map(|a| addr(a, "server.admin".into()))
+            .transpose()?;
+
+        let nonzero =
+            |d: &Option<Spanned<HumanDuration>>, key: &str, default: Duration, why: &str| match d {
+                None => Ok(default),
+                Some(d) if d.get_ref().0.is_zero() => {
+                    Err(self.err_at(d, key, format!("must be longer than 0s: {why}")))
+                }
+                Some(d) => Ok(d.get_ref().0),
+            };
+        let handshake_timeout = nonzero(
+            &raw.handshake_timeout,
+            "server.handshake_timeout",
+            Duration::from_secs(10),
+            "every handshake would time out",
+        )?;
+        let idle_timeout = nonzero(
+            &raw.idle_timeout,
+            "server.idle_timeout",
+            Duration::from_secs(300),
+            "every tunnel would be closed at once",
+        )?;
+        let keepalive_timeout = nonzero(
+            &raw.keepalive_timeout,
+            "server.keepalive_timeout",
+            Duration::from_secs(60),
+            "every connection would be closed after its first request",
+        )?;
+        let shutdown_grace = raw
+            .shutdown_grace
+            .as_ref()
+            .map_or(Duration::from_secs(30), |d| d.get_ref().0);
+
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, p)| {
+                parse_proxy(p.get_ref())
+                    .map_err(|why| self.err_at(p, format!("server.trusted_proxies[{i}]"), why))
+            })
+            .collect::<Result<_, _>>()?;
+
+        let tcp_congestion = raw
+            .tcp_congestion
+            .as_ref()
+            .map(|cc| Arc::from(cc.get_ref().as_str()));
+        let tcp_congestion_at = raw
+            .tcp_congestion
+            .as_ref()
+            .map(|cc| self.place(cc, "server.tcp_congestion".to_owned()));
+
+        Ok(Server {
+            listen,
+            listen_plain,
+            admin,
+            handshake_timeout,
+            idle_timeout,
+            shutdown_grace,
+            trusted_proxies,
+            tcp_congestion,
+            tcp_congestion_at,
+            reuse_port: raw.reuse_port.unwrap_or(false),
+            keepalive_timeout,
+            max_client_connections: raw.max_client_connections.unwrap_or(0),
+            max_client_connections_per_ip: raw.max_client_connections_per_ip.unwrap_or(0),
+        })
+    }
+
+    fn tls(&self, raw: &RawTls) -> Result<Tls, ConfigError> {
+        Ok(Tls {
+            cert: self.locate(&raw.cert, "tls.cert".to_owned())?,
+            key: self.locate(&raw.key, "tls.key".to_owned())?,
+        })
+    }
+
+    /// A file path from the config, resolved against the config's directory,
+    /// with where it was written for later errors.
+    fn locate(&self, v: &Spanned<String>, key: String) -> Result<Located<PathBuf>, ConfigError> {
+        if v.get_ref().is_empty() {
+            return Err(self.err_at(v, key, "empty path"));
+        }
+        let base = self.file.parent().unwrap_or(Path::new(""));
+        let at = self.place(v, key);
+        Ok(Located {
+            value: base.join(v.get_ref()),
+            line: at.line,
+            key: at.key,
+        })
+    }
+
+    /// Where `v` was written, for a check made after parsing.
+    fn place<T>(&self, v: &Spanned<T>, key: String) -> Located<()> {
+        Located {
+            value: (),
+            line: error::line_of(self.text, v.span().start),
+            key,
+        }
+    }
+
+    /// `base` is what an absent key inherits: built-in defaults for
+    /// `[websocket]`, the resolved `[websocket]` for a route.
+    fn websocket(
+        &self,
+        raw: &RawWebSocket,
+        base: &WebSocketPolicy,
+        prefix: &str,
+    ) -> Result<WebSocketPolicy, ConfigError> {
+        let allowed_origins = match &raw.allowed_origins {
+            None => base.allowed_origins.clone(),
+            Some(list) => Some(
+                list.iter()
+                    .enumerate()
+                    .map(|(i, o)| {
+                        OriginPattern::parse(o.get_ref()).map_err(|why| {
+                            self.err_at(
+                                o,
+                                format!("{prefix}.allowed_origins[{i}]"),
+                                format!("invalid origin {:?}: {why}", o.get_ref()),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        Ok(WebSocketPolicy {
+            max_frame_bytes: raw.max_frame_bytes.map_or(base.max_frame_bytes, |b| b.0),
+            max_message_bytes: raw
+                .max_message_bytes
+                .map_or(base.max_message_bytes, |b| b.0),
+            allowed_origins,
+            allow_missing_origin: raw
+                .allow_missing_origin
+                .unwrap_or(base.allow_missing_origin),
+            strip_compression: raw.strip_compression.unwrap_or(base.strip_compression),
+        })
+    }
+
+    fn limits(&self, raw: &RawLimits, base: &Limits, prefix: &str) -> Result<Limits, ConfigError> {
+        let on_message_rate = match &raw.on_message_rate {
+            None => base.on_message_rate,
+            Some(v) => match v.get_ref().as_str() {
+                "throttle" => OnMessageRate::Throttle,
+                "close" => OnMessageRate::Close,
+                other => {
+                    return Err(self.err_at(
+                        v,
+                        format!("{prefix}.on_message_rate"),
+                        format!("expected \"throttle\" or \"close\", found {other:?}"),
+                    ))
+                }
+            },
+        };
+        Ok(Limits {
+            handshakes_per_second: raw
+                .handshakes_per_second
+                .map_or(base.handshakes_per_second, |c| c.0),
+            handshake_burst: raw.handshake_burst.map_or(base.handshake_burst, |c| c.0),
+            max_connections_per_ip: raw
+                .max_connections_per_ip
+                .map_or(base.max_connections_per_ip, |c| c.0),
+            messages_per_second: raw
+                .messages_per_second
+                .map_or(base.messages_per_second, |c| c.0),
+            message_burst: raw.message_burst.map_or(base.message_burst, |c| c.0),
+            on_message_rate,
+        })
+    }
+
+    fn route(
+        &self,
+        raw: &RawRoute,
+        prefix: &str,
+        websocket: &WebSocketPolicy,
+        limits: &Limits,
+    ) -> Result<Route, ConfigError> {
+        let host = raw
+            .host
+            .as_ref()
+            .map(|h| {
+                HostMatch::parse(h.get_ref()).map_err(|why| {
+                    self.err_at(
+                        h,
+                        format!("{prefix}.host"),
+                        format!("{why}; found {:?}", h.get_ref()),
+                    )
+                })
+            })
+            .transpose()?;
+        let path = match &raw.path {
+            None => "/".to_owned(),
+            Some(p) => {
+                let s = p.get_ref();
+                if !s.starts_with('/') {
+                    return Err(self.err_at(
+                        p,
+                        format!("{prefix}.path"),
+                        format!("must start with '/', found {s:?}"),
+                    ));
+                }
+                if s.contains(['?', '#']) || s.contains(char::is_whitespace) {
+                    return Err(self.err_at(
+                        p,
+                        format!("{prefix}.path"),
+                        format!("a path prefix has no query, fragment or whitespace; found {s:?}"),
+                    ));
+                }
+                s.clone()
+            }
+        };
+        if raw.backends.get_ref().is_empty() {
+            return Err(self.err_at(
+                &raw.backends,
+                format!("{prefix}.backends"),
+                "must list at least one backend",
+            ));
+        }
+        let backends = raw
+            .backends
+            .get_ref()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                Backend::parse(b.get_ref()).map_err(|why| {
+                    self.err_at(
+                        b,
+                        format!("{prefix}.backends[{i}]"),
+                        format!("invalid backend {:?}: {why}", b.get_ref()),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let websocket = match &raw.websocket {
+            Some(w) => self.websocket(w, websocket, &format!("{prefix}.websocket"))?,
+            None => websocket.clone(),
+        };
+        let limits = match &raw.limits {
+            Some(l) => self.limits(l, limits, &format!("{prefix}.limits"))?,
+            None => limits.clone(),
+        };
+        let balance = match &raw.balance {
+            None => Balance::RoundRobin,
+            Some(b) => match b.get_ref().as_str() {
+                "round_robin" => Balance::RoundRobin,
+                "least_connections" => Balance::LeastConnections,
+                other => {
+                    return Err(self.err_at(
+                        b,
+                        format!("{prefix}.balance"),
+                        format!(
+                            "expected \"round_robin\" or \"least_connections\", found {other:?}"
+                        ),
+                    ))
+                }
+            },
+        };
+        let health_check = match &raw.health_check {
+            None => None,
+            Some(h) => {
+                let path = match &h.path {
+                    None => None,
+                    Some(p) if p.get_ref().starts_with('/') => Some(p.get_ref().clone()),
+                    Some(p) => {
+                        return Err(self.err_at(
+                            p,
+                            format!("{prefix}.health_check.path"),
+                            format!("must start with '/', found {:?}", p.get_ref()),
+                        ))
+                    }
+                };
+                Some(HealthCheck {
+                    path,
+                    interval: h.interval.map_or(Duration::from_secs(5), |d| d.0),
+                    timeout: h.timeout.map_or(Duration::from_secs(1), |d| d.0),
+                    unhealthy_after: h.unhealthy_after.map_or(3, |c| c.0),
+                    healthy_after: h.healthy_after.map_or(2, |c| c.0),
+                })
+            }
+        };
+        let locate_opt = |v: &Option<Spanned<String>>, key: &str| {
+            v.as_ref()
+                .map(|v| self.locate(v, format!("{prefix}.{key}")))
+                .transpose()
+        };
+        let backend_tls = BackendTls {
+            ca: locate_opt(&raw.backend_ca, "backend_ca")?,
+            cert: locate_opt(&raw.backend_cert, "backend_cert")?,
+            key: locate_opt(&raw.backend_key, "backend_key")?,
+        };
+        if let (Some(c), None) | (None, Some(c)) = (&raw.backend_cert, &raw.backend_key) {
+            return Err(self.err_at(
+                c,
+                format!("{prefix}.backend_cert"),
+                "backend_cert and backend_key go together (client certificate for mTLS)",
+            ));
+        }
+        Ok(Route {
+            host,
+            path,
+            backends,
+            balance,
+            health_check,
+            backend_tls,
+            websocket,
+            limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVER: &str = "[server]\nlisten_plain = [\"127.0.0.1:8080\"]\n";
+    const ROUTE: &str = "[[route]]\nbackends = [\"127.0.0.1:9001\"]\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("t.toml"))
+    }
+
+    /// Each bad snippet → (line, key, a piece of the problem). SERVER and
+    /// ROUTE are two lines each, which the line numbers below count on.
+    #[test]
+    fn bad_snippets_name_line_and_key() {
+        let cases: Vec<(String, Option<usize>, &str, &str)> = vec![
+            // Unknown keys, at every level.
+            (format!("bogus = 1\n{SERVER}{ROUTE}"), Some(1), "bogus", "unknown key `bogus`"),
+            (format!("{SERVER}listn = []\n{ROUTE}"), Some(3), "server.listn", "unknown key `listn`"),
+            (format!("{SERVER}{ROUTE}[[route]]\nbackends = [\"a:1\"]\nbakends = []\n"), Some(7), "route[1].bakends", "unknown key"),
+            (format!("{SERVER}{ROUTE}[route.limits]\nhandshake_per_second = 5\n"), Some(6), "route[0].limits.handshake_per_second", "unknown key"),
+            (format!("{SERVER}{ROUTE}[route.websocket]\nstrip_compresion = true\n"), Some(6), "route[0].websocket.strip_compresion", "unknown key"),
+            (format!("[websocket]\nmax_frame = 1\n{SERVER}{ROUTE}"), Some(2), "websocket.max_frame", "unknown key"),
+            (format!("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nchain = \"x\"\n{SERVER}{ROUTE}"), Some(4), "tls.chain", "unknown key"),
+            // Wrong types.
+            (format!("{SERVER}{ROUTE}[route.websocket]\nmax_frame_bytes = \"1MB\"\n"), Some(6), "route[0].websocket.max_frame_bytes", "expected an integer (bytes), found string \"1MB\""),
+            (format!("[server]\nlisten_plain = \"127.0.0.1:8080\"\n{ROUTE}"), Some(2), "server.listen_plain", "expected an array, found string"),
+            (format!("{SERVER}[websocket]\nallow_missing_origin = \"yes\"\n{ROUTE}"), Some(4), "websocket.allow_missing_origin", "expected a boolean"),
+            (format!("{SERVER}[[route]]\nbackends = [\"a:1\", 2]\n"), Some(4), "route[0].backends[1]", "expected a string, found integer `2`"),
+            (format!("route = 3\n{SERVER}"), Some(1), "route", "expected an array"),
+            (format!("{SERVER}{ROUTE}[limits]\nmessages_per_second = 1.5\n"), Some(6), "limits.messages_per_second", "expected an integer"),
+            // Missing required keys.
+            (format!("{SERVER}[[route]]\npath = \"/\"\n"), Some(3), "route[0].backends", "missing required key"),
+            (format!("[tls]\ncert = \"c.pem\"\n{SERVER}{ROUTE}"), Some(1), "tls.key", "missing required key"),
+            // TOML syntax.
+            (format!("{SERVER}[[route]\nbackends = []\n"), Some(3), "route[0]", "invalid table header"),
+            (format!("{SERVER}{ROUTE}path = /ws\n"), Some(5), "route[0].path", "invalid string"),
+            (format!("{SERVER}listen_plain = []\n{ROUTE}"), Some(3), "server.listen_plain", "duplicate key"),
+            ("[server]\nlisten_plain = [\"127.0.0.1:8080\",\n".to_owned(), Some(2), "server.listen_plain", "invalid array"),
+            // Durations.
+            (format!("{SERVER}idle_timeout = \"10 parsecs\"\n{ROUTE}"), Some(3), "server.idle_timeout", "unknown unit \" parsecs\""),
+            (format!("{SERVER}idle_timeout = \"10\"\n{ROUTE}"), Some(3), "server.idle_timeout", "missing unit"),
+            (format!("{SERVER}shutdown_grace = \"-1s\"\n{ROUTE}"), Some(3), "server.shutdown_grace", "negative"),
+            (format!("{SERVER}handshake_timeout = \"0s\"\n{ROUTE}"), Some(3), "server.handshake_timeout", "longer than 0s"),
+            (format!("{SERVER}idle_timeout = \"0ms\"\n{ROUTE}"), Some(3), "server.idle_timeout", "longer than 0s"),
+            (format!("{SERVER}handshake_timeout = 10\n{ROUTE}"), Some(3), "server.handshake_timeout", "expected a duration string"),
+            // Addresses.
+            ("[server]\nlisten_plain = [\n  \"127.0.0.1:8080\",\n  \"localhost:8081\",\n]\n[[route]]\nbackends = [\"a:1\"]\n".to_owned(), Some(4), "server.listen_plain[1]", "expected IP:PORT"),
+            (format!("{SERVER}admin = \"127.0.0.1\"\n{ROUTE}"), Some(3), "server.admin", "expected IP:PORT"),
+            (format!("{SERVER}admin = \"127.0.0.1:8080\"\n{ROUTE}"), Some(3), "server.admin", "already used by server.listen_plain[0]"),
+            (format!("{SERVER}trusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n{ROUTE}"), Some(3), "server.trusted_proxies[1]", "host bits set"),
+            (format!("{SERVER}trusted_proxies = [\"proxy.local\"]\n{ROUTE}"), Some(3), "server.trusted_proxies[0]", "expected an IP address or CIDR"),
+            // Backends.
+            (format!("{SERVER}[[route]]\nbackends = []\n"), Some(4), "route[0].backends", "at least one backend"),
+            (format!("{SERVER}[[route]]\nbackends = [\"127.0.0.1\"]\n"), Some(4), "route[0].backends[0]", "missing port"),
+            (format!("{SERVER}[[route]]\nbackends = [\"a:1\", \"http://b/app\"]\n"), Some(4), "route[0].backends[1]", "no path"),
+            (format!("{SERVER}[[route]]\nbackends = [\"ws://b:1\"]\n"), Some(4), "route[0].backends[0]", "unsupported scheme"),
+            (format!("{SERVER}[[route]]\nbackends = [\"::1:9001\"]\n"), Some(4), "route[0].backends[0]", "needs brackets"),
+            // Routes.
+            (format!("{SERVER}[[route]]\nhost = \"chat.*.example.com\"\nbackends = [\"a:1\"]\n"), Some(4), "route[0].host", "wildcard"),
+            (format!("{SERVER}[[route]]\nhost = \"*example.com\"\nbackends = [\"a:1\"]\n"), Some(4), "route[0].host", "wildcard"),
+            (format!("{SERVER}[[route]]\nhost = \"a.com:443\"\nbackends = [\"a:1\"]\n"), Some(4), "route[0].host", "no port"),
+            (format!("{SERVER}{ROUTE}path = \"ws\"\n"), Some(5), "route[0].path", "must start with '/'"),
+            // Zero where zero makes no sense.
+            (format!("{SERVER}[websocket]\nmax_frame_bytes = 0\n{ROUTE}"), Some(4), "websocket.max_frame_bytes", "positive"),
+            (format!("{SERVER}{ROUTE}[route.websocket]\nmax_message_bytes = -1\n"), Some(6), "route[0].websocket.max_message_bytes", "positive"),
+            (format!("{SERVER}[limits]\nhandshakes_per_second = 0\n{ROUTE}"), Some(4), "limits.handshakes_per_second", "positive"),
+            (format!("{SERVER}[limits]\nhandshake_burst = 0\n{ROUTE}"), Some(4), "limits.handshake_burst", "positive"),
+            (format!("{SERVER}{ROUTE}[route.limits]\nmax_connections_per_ip = 0\n"), Some(6), "route[0].limits.max_connections_per_ip", "positive"),
+            (format!("{SERVER}{ROUTE}[route.limits]\nmessage_burst = 4294967296\n"), Some(6), "route[0].limits.message_burst", "no larger than"),
+            // Origins and rate policy.
+            (format!("{SERVER}{ROUTE}[route.websocket]\nallowed_origins = [\"https://a.com/\"]\n"), Some(6), "route[0].websocket.allowed_origins[0]", "trailing slash"),
+            (format!("{SERVER}[websocket]\nallowed_origins = [\"*\", \"https://a*.com\"]\n{ROUTE}"), Some(4), "websocket.allowed_origins[1]", "wildcard"),
+            (format!("{SERVER}[limits]\non_message_rate = \"drop\"\n{ROUTE}"), Some(4), "limits.on_message_rate", "\"throttle\" or \"close\""),
+            // Whole-file rules.
+            (format!("[server]\nlisten = [\"127.0.0.1:8443\"]\n{ROUTE}"), Some(2), "server.listen", "need a [tls] section"),
+            (format!("[server]\nadmin = \"127.0.0.1:9901\"\n{ROUTE}"), Some(1), "server", "no listener"),
+            (format!("# nothing\n[server]\nlisten = []\nlisten_plain = []\n{ROUTE}"), Some(3), "server", "no listener"),
+            (ROUTE.to_owned(), None, "server", "no listener"),
+            (SERVER.to_owned(), None, "route", "no [[route]]"),
+            (format!("[tls]\ncert = \"\"\nkey = \"k.pem\"\n{SERVER}{ROUTE}"), Some(2), "tls.cert", "empty path"),
+        ];
+        assert!(cases.len() >= 20);
+        let mut wrong = Vec::new();
+        for (text, line, key, problem) in &cases {
+            match parse(text) {
+                Ok(_) => wrong.push(format!("{text}\n=> accepted")),
+                Err(err) => {
+                    if (err.line, err.key.as_str()) != (*line, *key)
+                        || !err.problem.contains(problem)
+                        || err.to_string().contains('\n')
+                    {
+                        wrong.push(format!("{text}\n=> {err}\nwanted line {line:?}, key {key}, problem with {problem:?}"));
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&format!("{SERVER}{ROUTE}")).unwrap();
+        assert_eq!(c.path, Path::new("t.toml"));
+        let s = &c.server;
+        assert!(s.listen.is_empty());
+        assert_eq!(
+            s.listen_plain,
+            ["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(s.admin, None);
+        assert_eq!(s.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(s.idle_timeout, Duration::from_secs(300));
+        assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+        assert!(s.trusted_proxies.is_empty());
+        assert!(c.tls.is_none());
+        let r = &c.routes[0];
+        assert_eq!((r.host.as_ref(), r.path.as_str()), (None, "/"));
+        assert_eq!(
+            r.backends,
+            [Backend {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 9001,
+                h2: false
+            }]
+        );
+        let w = &r.websocket;
+        assert_eq!(
+            (w.max_frame_bytes, w.max_message_bytes),
+            (1_048_576, 16_777_216)
+        );
+        assert_eq!(w.allowed_origins, None);
+        assert!(w.allow_missing_origin && !w.strip_compression);
+        let l = &r.limits;
+        assert_eq!(
+            (
+                l.handshakes_per_second,
+                l.handshake_burst,
+                l.max_connections_per_ip,
+                l.messages_per_second,
+                l.message_burst
+            ),
+            (20, 40, 1000, 1000, 2000)
+        );
+        assert_eq!(l.on_message_rate, OnMessageRate::Throttle);
+    }
+
+    #[test]
+    fn route_overrides_merge_key_by_key() {
+        let text = r#"
+[server]
+listen = ["127.0.0.1:8443", "[::1]:8443"]
+listen_plain = ["127.0.0.1:0", "127.0.0.1:0"]
+admin = "127.0.0.1:9901"
+handshake_timeout = "250ms"
+idle_timeout = "5m"
+shutdown_grace = "0s"
+trusted_proxies = ["10.0.0.0/8", "192.168.1.7", "::1", "fd00::/8"]
+
+[tls]
+cert = "certs/example.pem"
+key = "/abs/example-key.pem"
+
+[websocket]
+max_frame_bytes = 1000
+allowed_origins = ["*"]
+allow_missing_origin = false
+
+[limits]
+handshakes_per_second = 7
+on_message_rate = "close"
+
+[[route]]
+host = "Chat.Example.com"
+path = "/ws"
+backends = ["127.0.0.1:9001", "https://api.example.com", "http://[::1]:8080/"]
+[route.websocket]
+max_message_bytes = 5000
+allowed_origins = ["https://chat.example.com", "null"]
+strip_compression = true
+[route.limits]
+handshakes_per_second = 5
+message_burst = 3
+
+[[route]]
+host = "*.example.com"
+backends = ["name:1"]
+"#;
+        let c = Config::parse(text, Path::new("/etc/sluice/sluice.toml")).unwrap();
+        let s = &c.server;
+        assert_eq!(s.listen.len(), 2);
+        assert_eq!(s.listen_plain.len(), 2, "port 0 may repeat");
+        assert_eq!(s.admin, Some("127.0.0.1:9901".parse().unwrap()));
+        assert_eq!(s.handshake_timeout, Duration::from_millis(250));
+        assert_eq!(s.idle_timeout, Duration::from_secs(300));
+        assert_eq!(s.shutdown_grace, Duration::ZERO);
+        let nets: Vec<String> = s.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            nets,
+            ["10.0.0.0/8", "192.168.1.7/32", "::1/128", "fd00::/8"]
+        );
+
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(tls.cert.value, Path::new("/etc/sluice/certs/example.pem"));
+        assert_eq!((tls.cert.line, tls.cert.key.as_str()), (12, "tls.cert"));
+        assert_eq!(tls.key.value, Path::new("/abs/example-key.pem"));
+        assert_eq!(
+            tls.key.error(&c.path, "no key found").to_string(),
+            "/etc/sluice/sluice.toml:13: tls.key: no key found"
+        );
+
+        let [chat, wild] = &c.routes[..] else {
+            panic!("two routes")
+        };
+        assert_eq!(chat.host, Some(HostMatch::Exact("chat.example.com".into())));
+        assert_eq!(chat.path, "/ws");
+        assert_eq!(
+            chat.backends,
+            [
+                Backend {
+                    tls: false,
+                    host: "127.0.0.1".into(),
+                    port: 9001,
+                    h2: false
+                },
+                Backend {
+                    tls: true,
+                    host: "api.example.com".into(),
+                    port: 443,
+                    h2: false
+                },
+                Backend {
+                    tls: false,
+                    host: "::1".into(),
+                    port: 8080,
+                    h2: false
+                },
+            ]
+        );
+        // Overridden in the route, inherited from [websocket], built-in default.
+        let w = &chat.websocket;
+        assert_eq!((w.max_message_bytes, w.max_frame_bytes), (5000, 1000));
+        assert_eq!(
+            w.allowed_origins,
+            Some(vec![
+                OriginPattern::Exact {
+                    scheme: "https".into(),
+                    host: "chat.example.com".into(),
+                    port: 443
+                },
+                OriginPattern::Null,
+            ])
+        );
+        assert!(w.strip_compression && !w.allow_missing_origin);
+        let l = &chat.limits;
+        assert_eq!(
+            (l.handshakes_per_second, l.message_burst, l.handshake_burst),
+            (5, 3, 40)
+        );
+        assert_eq!(l.on_message_rate, OnMessageRate::Close);
+
+        assert_eq!(wild.host, Some(HostMatch::Suffix(".example.com".into())));
+        let w = &wild.websocket;
+        assert_eq!((w.max_frame_bytes, w.max_message_bytes), (1000, 16_777_216));
+        assert_eq!(w.allowed_origins, Some(vec![OriginPattern::Any]));
+        assert!(!w.allow_missing_origin && !w.strip_compression);
+        assert_eq!(
+            (wild.limits.handshakes_per_second, wild.limits.message_burst),
+            (7, 2000)
+        );
+        assert_eq!(wild.limits.on_message_rate, OnMessageRate::Close);
+    }
+
+    #[test]
+    fn relative_cert_paths_follow_the_config_file() {
+        let text = format!("[tls]\ncert = \"c.pem\"\nkey = \"../k.pem\"\n{SERVER}{ROUTE}");
+        let cases = [
+            ("sluice.toml", "c.pem", "../k.pem"),
+            ("config/sluice.toml", "config/c.pem", "config/../k.pem"),
+            ("/etc/sluice.toml", "/etc/c.pem", "/etc/../k.pem"),
+        ];
+        for (file, cert, key) in cases {
+            let tls = Config::parse(&text, Path::new(file)).unwrap().tls.unwrap();
+            assert_eq!(
+                (tls.cert.value.as_path(), tls.key.value.as_path()),
+                (Path::new(cert), Path::new(key)),
+                "{file}"
+            );
+        }
+    }
+
+    /// The example tells operators to uncomment `listen` and `[tls]`; doing
+    /// exactly that must give a valid file.
+    #[test]
+    fn example_config_with_tls_uncommented() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.toml"));
+        let text = std::fs::read_to_string(path).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| {
+                for prefix in ["# listen = ", "# [tls]", "# cert = ", "# key = "] {
+                    if l.starts_with(prefix) {
+                        return format!("{}\n", &l[2..]);
+                    }
+                }
+                format!("{l}\n")
+            })
+            .collect();
+        let c = Config::parse(&text, path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.server.listen,
+            ["127.0.0.1:8443".parse::<SocketAddr>().unwrap()]
+        );
+        let tls = c.tls.unwrap();
+        assert!(
+            tls.cert.value.ends_with("config/../certs/dev.pem"),
+            "{:?}",
+            tls.cert.value
+        );
+        assert!(
+            tls.key.value.ends_with("config/../certs/dev-key.pem"),
+            "{:?}",
+            tls.key.value
+        );
+    }
+
+    #[test]
+    fn example_config_loads() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.toml"));
+        let c = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            c.tls.is_none(),
+            "the example must not need a committed private key"
+        );
+        assert_eq!(
+            c.server.listen_plain,
+            ["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.server.admin, Some("127.0.0.1:9901".parse().unwrap()));
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(
+            c.routes[0].host,
+            Some(HostMatch::Exact("chat.example.com".into()))
+        );
+        assert_eq!(c.routes[0].path, "/ws");
+        assert_eq!(c.routes[1].path, "/");
+    }
+}
