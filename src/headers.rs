@@ -164,6 +164,37 @@ pub fn set_forwarded(
     }
 }
 
+/// What a forwarded request says about its client, resolved once from the
+/// client's headers as received: the address limits are keyed by, and the
+/// `X-Forwarded-*` values sent on. Both request paths (plain HTTP and the
+/// WebSocket upgrade) use it, so a backend sees the same client either way.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    pub client: ClientAddr,
+    /// The `X-Forwarded-For` value to send (see [`forwarded_for`]).
+    pub xff: HeaderValue,
+    /// The client connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+}
+
+impl Forwarding {
+    pub fn resolve(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet], tls: bool) -> Forwarding {
+        let (client, xff) = forwarded_for(headers, peer, trusted);
+        Forwarding { client, xff, tls }
+    }
+
+    /// Turns the client's headers into the ones sent to the backend:
+    /// hop-by-hop headers removed, the `X-Forwarded-*` family set, and
+    /// `Host` set to `host`, the host the request was routed on.
+    pub fn apply(self, headers: &mut HeaderMap, host: Option<&str>) {
+        strip_hop_by_hop(headers);
+        set_forwarded(headers, &self.client, self.xff, self.tls, host);
+        if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            headers.insert(header::HOST, h);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +288,26 @@ mod tests {
                 assert_eq!(h.contains_key(name), trusted, "{name}");
             }
         }
+    }
+
+    #[test]
+    fn applied_forwarding_strips_hops_and_sets_host_and_claims() {
+        let mut h = map(&[
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("host", "Example.COM"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-kept", "yes"),
+        ]);
+        let f = Forwarding::resolve(&h, "10.0.0.9".parse().unwrap(), &[], true);
+        assert_eq!(f.client.ip, "10.0.0.9".parse::<IpAddr>().unwrap());
+        f.apply(&mut h, Some("example.com"));
+        assert!(!h.contains_key("connection") && !h.contains_key("x-secret"));
+        assert_eq!(h["host"], "example.com");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-kept"], "yes");
     }
 
     #[test]

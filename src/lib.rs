@@ -3,12 +3,13 @@
 //! frame-size policy.
 //!
 //! # Layout
-//! Data flows one way through the modules:
+//! Every arrow between modules points down the pipeline; there is no cycle:
 //!
 //! ```text
-//! main -> daemon -> server -> proxy -> upgrade -> relay -> frame
-//!                     |          |         |
-//!                   shared     headers   policy, backend
+//! main -> daemon -> server -> proxy -> proxy::{forward, upgrade} -> relay -> frame
+//!                     |                   |            |
+//!                   shared   proxy::{ctx, error}    policy, negotiate, backend_leg
+//!                               headers, route -> pool -> backend
 //! ```
 //!
 //! * [`config`] turns the TOML file into a validated [`config::Config`]; every
@@ -17,15 +18,25 @@
 //!   acceptor, limiters) behind an `ArcSwap`; a connection takes one snapshot at
 //!   accept time and keeps it for its whole life.
 //! * [`server`] owns listeners and the life of one client connection.
-//! * [`proxy`] is the per-connection hyper service: routing and plain HTTP.
-//! * [`upgrade`] is the WebSocket handshake (its backend leg is spoken
-//!   directly on the socket); on success it hands both streams to [`relay`],
-//!   which is generic over the two streams and never sees hyper.
+//! * [`proxy`] is request handling: `proxy` itself checks, normalizes and
+//!   routes a request and dispatches it to `proxy::forward` (plain HTTP over
+//!   the route's pooled client) or `proxy::upgrade` (the WebSocket handshake:
+//!   admit, offer and reach the backend, its leg spoken directly on the
+//!   socket, then open a [`relay::Tunnel`]). Both paths call down into
+//!   `proxy::ctx` (the connection's context, the body type) and
+//!   `proxy::error` (`ProxyError` and its one status table), never into each
+//!   other or into `proxy` itself.
+//! * [`pool`] is a route's backends: balancing, health, leases, and
+//!   `Pool::try_each`, the one retry loop (refusers ejected). [`backend`]
+//!   opens the connections; [`headers`] holds the forwarded-request rules.
+//! * [`relay`] runs a tunnel; it is generic over the two streams and never
+//!   sees hyper.
 //! * [`socket`] holds the options sluice sets on its own sockets
 //!   (`reuse_port`, `tcp_congestion`).
 //! * [`frame`] is the pass-through frame-header scanner: no IO, no allocation.
 //!
-//! The leaves (`frame`, `route`, `headers`, `policy::origin`, `config`) do no
+//! The leaves (`frame`, `route`, `headers`, `policy::origin`, `config`,
+//! `proxy::upgrade::negotiate`) do no
 //! network IO and are unit-tested with plain values.
 #![warn(missing_debug_implementations)]
 
@@ -49,4 +60,7 @@ pub mod shared;
 pub mod socket;
 pub mod stream;
 pub mod tls;
-pub mod upgrade;
+
+/// The handshake's old path, still used by the test harness
+/// (`sluice::upgrade::accept_key`).
+pub use proxy::upgrade;

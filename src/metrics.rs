@@ -1,9 +1,14 @@
-//! Prometheus metrics: one registry per process, families named
-//! `sluice_<noun>_<unit>_total`. Counters are cheap atomics; the relay adds
-//! its byte and frame counts once, when a tunnel closes, so the hot loop never
-//! touches a shared cache line.
+//! Prometheus metrics: one registry per process; counters are named
+//! `sluice_<noun>_total`, gauges and histograms `sluice_<noun>[_<unit>]`.
+//! Counters are cheap atomics. A tunnel's frame and byte counts are added
+//! from the relay at most once a second and when it closes, so the hot loop
+//! never touches a shared cache line.
+//!
+//! Label values come from enums ([`HandshakeOutcome`], [`Rejection`],
+//! [`CloseReason`]), so the values a family can carry are listed once, on
+//! the enum, and a use site cannot spell a new one.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -18,9 +23,7 @@ pub struct RouteLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabel {
     pub route: String,
-    /// `accepted`, or the rejection reason: origin, rate,
-    /// connections_per_ip, bad_request, backend_error, timeout, no_route.
-    pub outcome: &'static str,
+    pub outcome: HandshakeOutcome,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,13 +59,84 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// `sluice_requests_rejected_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
+pub struct RejectedLabel {
+    pub reason: Rejection,
 }
 
-/// Why sluice closed a client connection that had no tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `sluice_client_connections_closed_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabel {
+    pub reason: CloseReason,
+}
+
+/// What became of a WebSocket handshake on a route that matched
+/// (`sluice_ws_handshakes_total{outcome}`). Counted by what happened, not
+/// by the status the client sees: on h2 a tunnel is a 200, and a backend's
+/// 200 refusal is not a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandshakeOutcome {
+    /// `accepted`: the backend's 101 was believed and the tunnel opens.
+    Accepted,
+    /// `refused_by_backend`: the backend answered something other than 101,
+    /// passed to the client as plain HTTP.
+    RefusedByBackend,
+    /// Rejected by sluice, labelled with the [`Rejection`].
+    Rejected(Rejection),
+}
+
+impl HandshakeOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeOutcome::Accepted => "accepted",
+            HandshakeOutcome::RefusedByBackend => "refused_by_backend",
+            HandshakeOutcome::Rejected(r) => r.label(),
+        }
+    }
+}
+
+/// Why a request or an upgrade was answered with an error status
+/// (`sluice_requests_rejected_total{reason}`, and the rejections among
+/// `sluice_ws_handshakes_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// `bad_request`: a malformed request or upgrade (400, 405, 426).
+    BadRequest,
+    /// `no_route`: no route matched (404).
+    NoRoute,
+    /// `origin`: the route's origin policy refused the `Origin` (403).
+    Origin,
+    /// `rate`: the route's handshake rate was exceeded (429).
+    Rate,
+    /// `connections_per_ip`: the route's tunnels per IP were all open (429).
+    ConnectionsPerIp,
+    /// `timeout`: the backend did not answer within `handshake_timeout` (504).
+    Timeout,
+    /// `backend_error`: the backend refused, failed or broke the protocol (502).
+    BackendError,
+    /// `no_healthy_backend`: active checks marked every backend unhealthy (503).
+    NoHealthyBackend,
+}
+
+impl Rejection {
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::BadRequest => "bad_request",
+            Rejection::NoRoute => "no_route",
+            Rejection::Origin => "origin",
+            Rejection::Rate => "rate",
+            Rejection::ConnectionsPerIp => "connections_per_ip",
+            Rejection::Timeout => "timeout",
+            Rejection::BackendError => "backend_error",
+            Rejection::NoHealthyBackend => "no_healthy_backend",
+        }
+    }
+}
+
+/// Why sluice closed a client connection that had no tunnel
+/// (`sluice_client_connections_closed_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloseReason {
     /// No complete first request head (or TLS handshake) within
     /// `handshake_timeout` of accept.
@@ -83,6 +157,24 @@ impl CloseReason {
             CloseReason::PerIpCap => "per_ip_cap",
             CloseReason::TlsFailed => "tls_failed",
         }
+    }
+}
+
+impl EncodeLabelValue for HandshakeOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        self.label().encode(encoder)
+    }
+}
+
+impl EncodeLabelValue for Rejection {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        self.label().encode(encoder)
+    }
+}
+
+impl EncodeLabelValue for CloseReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        self.label().encode(encoder)
     }
 }
 
@@ -124,8 +216,8 @@ pub struct Metrics {
     pub backend_connect_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub handshake_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub reloads: Family<ResultLabel, Counter>,
-    pub client_connections_closed: Family<ReasonLabel, Counter>,
-    pub requests_rejected: Family<ReasonLabel, Counter>,
+    pub client_connections_closed: Family<ClosedLabel, Counter>,
+    pub requests_rejected: Family<RejectedLabel, Counter>,
     /// `frames` and `bytes` by route, looked up once per route, not per tunnel.
     traffic: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<RouteTraffic>>>,
 }
@@ -174,19 +266,19 @@ impl Metrics {
         );
         registry.register(
             "ws_handshakes",
-            "WebSocket handshakes by outcome (accepted or the rejection reason)",
+            "WebSocket handshakes on a matched route by outcome: accepted, refused_by_backend, or the rejection reason",
             m.handshakes.clone(),
         );
         registry.register(
             "http_responses",
-            "HTTP responses by status",
+            "Plain HTTP responses on a matched route, by status (WebSocket handshakes are counted in ws_handshakes)",
             m.http_responses.clone(),
         );
         registry.register("ws_frames", "WebSocket frames relayed", m.frames.clone());
         registry.register("ws_bytes", "WebSocket bytes relayed", m.bytes.clone());
         registry.register(
             "ws_closes",
-            "Close frames sent by sluice, by code",
+            "Close frames sent by sluice, by code and the side they were sent to",
             m.closes.clone(),
         );
         registry.register(
@@ -196,12 +288,12 @@ impl Metrics {
         );
         registry.register(
             "backend_connect_seconds",
-            "Time to connect to a backend",
+            "Time to connect to a backend for a WebSocket tunnel (plain HTTP uses pooled connections)",
             m.backend_connect_seconds.clone(),
         );
         registry.register(
             "ws_handshake_seconds",
-            "Time from upgrade request to the backend's answer",
+            "Time from a matched upgrade request to its answer (tunnel, backend refusal or rejection)",
             m.handshake_seconds.clone(),
         );
         registry.register("reloads", "Config reloads by result", m.reloads.clone());
@@ -220,9 +312,7 @@ impl Metrics {
 
     pub fn connection_closed(&self, reason: CloseReason) {
         self.client_connections_closed
-            .get_or_create(&ReasonLabel {
-                reason: reason.label(),
-            })
+            .get_or_create(&ClosedLabel { reason })
             .inc();
     }
 

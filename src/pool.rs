@@ -14,6 +14,7 @@
 //!   every untried backend unhealthy is the answer 503.
 //! * Existing tunnels are never touched by health changes.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -63,6 +64,27 @@ pub enum NoBackend {
     AllTried,
     /// Active health checks marked every untried backend unhealthy.
     AllUnhealthy,
+}
+
+/// What one attempt on a backend came to (see [`Pool::try_each`]).
+#[derive(Debug)]
+pub enum Attempt<T, E> {
+    /// The backend took the request.
+    Done(T),
+    /// The backend refused the connection (or did not accept it in time):
+    /// it is ejected and, if the caller allows, the next one is tried.
+    Refused(E),
+    /// Any other failure: no other backend is tried.
+    Failed(E),
+}
+
+/// Why [`Pool::try_each`] reached no backend.
+#[derive(Debug)]
+pub enum Unreached<E> {
+    /// Active checks marked every backend unhealthy; none was tried.
+    Unhealthy,
+    /// The last attempt's error: every backend refused, or one failed.
+    Failed(E),
 }
 
 /// One use of a backend; counts toward least-connections until dropped.
@@ -146,14 +168,6 @@ impl Pool {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
@@ -178,6 +192,44 @@ impl Pool {
             pool: self.clone(),
             index,
         })
+    }
+
+    /// Tries the backends in balance order until one takes the attempt.
+    /// A refusal ejects that backend; the next one is tried only when
+    /// `retry` is set (the caller knows nothing was sent that a second
+    /// backend could receive twice). The lease comes back with the result.
+    ///
+    /// The attempt's future owns what it uses (it does not borrow the
+    /// `&Backend`), so a hyper service holding it stays `Send`.
+    pub async fn try_each<T, E, F>(
+        self: &Arc<Self>,
+        retry: bool,
+        mut attempt: impl FnMut(&Backend) -> F,
+    ) -> Result<(Lease, T), Unreached<E>>
+    where
+        F: Future<Output = Attempt<T, E>>,
+    {
+        let mut tried = Vec::new();
+        let mut last = None;
+        loop {
+            let lease = match self.pick(&tried) {
+                Ok(lease) => lease,
+                Err(NoBackend::AllUnhealthy) if last.is_none() => return Err(Unreached::Unhealthy),
+                Err(_) => return Err(Unreached::Failed(last.expect("a backend was tried"))),
+            };
+            match attempt(lease.backend()).await {
+                Attempt::Done(t) => return Ok((lease, t)),
+                Attempt::Refused(e) => {
+                    lease.connect_failed();
+                    tried.push(lease.index());
+                    if !retry {
+                        return Err(Unreached::Failed(e));
+                    }
+                    last = Some(e);
+                }
+                Attempt::Failed(e) => return Err(Unreached::Failed(e)),
+            }
+        }
     }
 
     fn choose(&self, candidates: impl Iterator<Item = usize>) -> Option<usize> {
@@ -327,6 +379,43 @@ mod tests {
             "ejected is still tried when nothing else is left"
         );
         assert_eq!(p.pick(&[0, 1, 2]).unwrap_err(), NoBackend::AllTried);
+    }
+
+    fn run<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn try_each_ejects_refusers_and_moves_on_only_when_allowed() {
+        let p = pool("");
+        let refuse_two = |port: u16| {
+            if port < 3 {
+                Attempt::Refused(port)
+            } else {
+                Attempt::Done(port)
+            }
+        };
+        let (lease, port) =
+            run(p.try_each(true, |b| std::future::ready(refuse_two(b.port)))).unwrap();
+        assert_eq!((lease.backend().port, port), (3, 3));
+        drop(lease);
+        // (retry, the attempt refuses rather than fails) -> backends tried
+        for (retry, refuse, want) in [(false, true, 1), (true, true, 3), (true, false, 1)] {
+            let mut tries = 0;
+            let result = run(p.try_each(retry, |b| {
+                tries += 1;
+                std::future::ready(if refuse {
+                    Attempt::<(), _>::Refused(b.port)
+                } else {
+                    Attempt::Failed(b.port)
+                })
+            }));
+            assert!(matches!(result, Err(Unreached::Failed(_))), "{result:?}");
+            assert_eq!(tries, want, "retry {retry}, refuse {refuse}");
+        }
     }
 
     #[test]

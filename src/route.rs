@@ -1,5 +1,7 @@
 //! Picking a route for a request: the first `[[route]]` whose host and path
-//! prefix match wins (contract). Pure apart from the round-robin cursor.
+//! prefix match wins (contract), on the normalized host and path that the
+//! backend will be sent. Matching is pure; each route's backends, balancing
+//! and health are its [`Pool`].
 
 use std::borrow::Cow;
 use std::sync::Arc;
