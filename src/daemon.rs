@@ -337,8 +337,10 @@ pub async fn run(path: PathBuf, inherited: Inherited) -> anyhow::Result<()> {
         tracing::info!(%addr, "inherited socket from systemd");
     }
     let mut running = Running::start_with(shared.clone(), inherited).await?;
-    spawn_housekeeping(shared.clone());
     notify(&[NotifyState::Ready]);
+    // After READY=1: its first tick feeds the watchdog at once, and systemd
+    // expects READY=1 first.
+    spawn_housekeeping(shared.clone());
     tracing::info!(config = %path.display(), "sluice ready");
 
     while let Signal::Reload = signals.next().await {
