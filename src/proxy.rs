@@ -30,6 +30,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// Which certificate of the snapshot's `tls::Sites` the TLS handshake
+    /// chose (by SNI); `None` for cleartext.
+    pub cert: Option<usize>,
 }
 
 /// What one connection's requests are served with.
@@ -70,6 +73,10 @@ pub enum ProxyError {
     NoHealthyBackend,
     #[error("backend handshake invalid: {0}")]
     BadBackendHandshake(&'static str),
+    /// An h2 request for a host this connection's certificate was not
+    /// chosen for (connection coalescing onto another site).
+    #[error("misdirected request: this connection's certificate is not for that host")]
+    Misdirected,
 }
 
 /// Who is at fault, which decides the log level.
@@ -96,6 +103,7 @@ impl ProxyError {
             }
             ProxyError::Backend(_) | ProxyError::BadBackendHandshake(_) => StatusCode::BAD_GATEWAY,
             ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -108,7 +116,8 @@ impl ProxyError {
             | ProxyError::NoRoute
             | ProxyError::OriginForbidden
             | ProxyError::HandshakeRate { .. }
-            | ProxyError::TooManyConnections => Fault::Client,
+            | ProxyError::TooManyConnections
+            | ProxyError::Misdirected => Fault::Client,
             ProxyError::Backend(_)
             | ProxyError::BackendTimeout
             | ProxyError::BadBackendHandshake(_)
@@ -130,6 +139,7 @@ impl ProxyError {
             ProxyError::Backend(BackendError::TimedOut) | ProxyError::BackendTimeout => "timeout",
             ProxyError::Backend(_) | ProxyError::BadBackendHandshake(_) => "backend_error",
             ProxyError::NoHealthyBackend => "no_healthy_backend",
+            ProxyError::Misdirected => "misdirected",
         }
     }
 
@@ -215,6 +225,13 @@ async fn route_request(
         std::borrow::Cow::Borrowed(_) => h,
         std::borrow::Cow::Owned(n) => n,
     });
+    if req.version() == hyper::Version::HTTP_2
+        && !ctx
+            .snapshot
+            .serves(ctx.conn.cert, host.as_deref().map(route::host_without_port))
+    {
+        return Err(ProxyError::Misdirected);
+    }
     if let std::borrow::Cow::Owned(path) = route::normalize_path(req.uri().path())? {
         set_path(&mut req, &path)?;
     }

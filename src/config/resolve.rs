@@ -20,8 +20,8 @@ use toml::Spanned;
 use super::error::{self, ConfigError};
 use super::host::{Backend, HostMatch, OriginPattern};
 use super::model::{
-    BackendTls, Balance, Config, HealthCheck, Limits, Located, OnMessageRate, Route, Server, Tls,
-    WebSocketPolicy,
+    BackendTls, Balance, CertificateFiles, Config, HealthCheck, Limits, Located, OnMessageRate,
+    Route, Server, Tls, WebSocketPolicy,
 };
 use super::raw::{RawConfig, RawLimits, RawRoute, RawServer, RawTls, RawWebSocket, SpannedList};
 use super::values::{parse_proxy, HumanDuration};
@@ -221,9 +221,42 @@ impl Source<'_> {
     }
 
     fn tls(&self, raw: &RawTls) -> Result<Tls, ConfigError> {
+        let mut certificates = raw
+            .certificate
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                Ok(CertificateFiles {
+                    cert: self.locate(&c.cert, format!("tls.certificate[{i}].cert"))?,
+                    key: self.locate(&c.key, format!("tls.certificate[{i}].key"))?,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let missing = |key: &str| {
+            ConfigError::new(
+                self.file,
+                error::header_line(self.text, "tls"),
+                key,
+                "missing required key (or give the certificates as [[tls.certificate]])",
+            )
+        };
+        let (cert, key) = match (&raw.cert, &raw.key) {
+            (Some(cert), Some(key)) => (
+                self.locate(cert, "tls.cert".to_owned())?,
+                self.locate(key, "tls.key".to_owned())?,
+            ),
+            (Some(_), None) => return Err(missing("tls.key")),
+            (None, Some(_)) => return Err(missing("tls.cert")),
+            (None, None) if !certificates.is_empty() => {
+                let first = certificates.remove(0);
+                (first.cert, first.key)
+            }
+            (None, None) => return Err(missing("tls.cert")),
+        };
         Ok(Tls {
-            cert: self.locate(&raw.cert, "tls.cert".to_owned())?,
-            key: self.locate(&raw.key, "tls.key".to_owned())?,
+            cert,
+            key,
+            certificates,
         })
     }
 
