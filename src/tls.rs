@@ -197,8 +197,9 @@ impl Sites {
                     return Err(at.error(
                         file,
                         format!(
-                            "{name} is also in {}: a name may be claimed by one certificate only",
-                            self.sites[other].file.display()
+                            "{name} is claimed by both {} and {}: a name may be claimed by one certificate only",
+                            self.sites[other].file.display(),
+                            site.file.display()
                         ),
                     ));
                 }
