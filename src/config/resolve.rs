@@ -794,9 +794,22 @@ backends = ["name:1"]
         let text: String = text
             .lines()
             .map(|l| {
-                for prefix in ["# listen = ", "# [tls]", "# cert = ", "# key = "] {
+                for prefix in [
+                    "# listen = ",
+                    "# [tls]",
+                    "# [[tls.certificate]]",
+                    "# cert = ",
+                    "# key = ",
+                ] {
                     if l.starts_with(prefix) {
                         return format!("{}\n", &l[2..]);
+                    }
+                }
+                // Indented, so the deploy recipe's `s|^# cert = ...|`
+                // leaves the example certificate alone.
+                for prefix in ["#   cert = ", "#   key = "] {
+                    if l.starts_with(prefix) {
+                        return format!("{}\n", &l[4..]);
                     }
                 }
                 format!("{l}\n")
@@ -818,6 +831,32 @@ backends = ["name:1"]
             "{:?}",
             tls.key.value
         );
+        let more: Vec<_> = tls.certificates.iter().map(|c| (&c.cert, &c.key)).collect();
+        assert_eq!(more.len(), 1);
+        assert!(more[0].0.value.ends_with("config/../certs/chat.pem"));
+        assert_eq!(more[0].0.key, "tls.certificate[0].cert");
+        assert!(more[0].1.value.ends_with("config/../certs/chat-key.pem"));
+    }
+
+    /// `[tls]` may hold no pair once `[[tls.certificate]]` exists: the first
+    /// one becomes the default; with neither, `tls.cert` is missing.
+    #[test]
+    fn the_first_certificate_is_the_default_when_tls_has_no_pair() {
+        let text = format!(
+            "{SERVER}{ROUTE}[[tls.certificate]]\ncert = \"a.pem\"\nkey = \"a-key.pem\"\n\
+             [[tls.certificate]]\ncert = \"b.pem\"\nkey = \"b-key.pem\"\n"
+        );
+        let tls = Config::parse(&text, Path::new("/e/s.toml"))
+            .unwrap()
+            .tls
+            .unwrap();
+        assert_eq!(tls.cert.value, Path::new("/e/a.pem"));
+        assert_eq!(tls.cert.key, "tls.certificate[0].cert");
+        assert_eq!(tls.certificates.len(), 1);
+        assert_eq!(tls.certificates[0].key.key, "tls.certificate[1].key");
+        let err =
+            Config::parse(&format!("[tls]\n{SERVER}{ROUTE}"), Path::new("s.toml")).unwrap_err();
+        assert_eq!((err.line, err.key.as_str()), (Some(1), "tls.cert"));
     }
 
     #[test]
