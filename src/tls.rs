@@ -1,5 +1,6 @@
-//! TLS material: the server config for the listeners (certificate chain and
-//! key from PEM files, ALPN) and the client config for `https://` backends.
+//! TLS material: the server config for the listeners (certificate chains and
+//! keys from PEM files, chosen by SNI through [`Sites`], ALPN) and the client
+//! config for `https://` backends.
 //! Errors while loading name the config file, line and key, like every other
 //! config error, because operators fix them in the same place.
 
@@ -116,11 +117,11 @@ fn load_site(
     }
     if left < EXPIRY_WARNING.as_secs() as i64 {
         tracing::warn!(
-            "{}: certificate {} expires in {} days ({})",
-            cert.key,
-            cert_path.display(),
-            left / 86_400,
-            parsed.validity().not_after
+            key = %cert.key,
+            file = %cert_path.display(),
+            days_left = left / 86_400,
+            not_after = %parsed.validity().not_after,
+            "certificate expires within 14 days"
         );
     }
     let mut names = Vec::new();
@@ -219,7 +220,9 @@ impl Sites {
     /// request's host, lower case, no port): exact, then wildcard, then
     /// the default (0).
     pub fn pick(&self, name: Option<&str>) -> usize {
-        let Some(name) = name else { return 0 };
+        let Some(name) = name.filter(|_| self.sites.len() > 1) else {
+            return 0;
+        };
         let name = name.trim_end_matches('.');
         let lower;
         let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {

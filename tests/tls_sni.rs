@@ -365,15 +365,18 @@ fn check_warns_but_passes_on_a_certificate_expiring_within_14_days() {
     let (ok, out) = check_config(&dir, &pair("[[tls.certificate]]\n", &soon));
     assert!(ok, "{out}");
     assert!(out.contains("config ok"), "{out}");
-    let warning = out
-        .lines()
-        .find(|l| l.contains("expires in"))
-        .unwrap_or_else(|| panic!("no warning in {out}"));
+    let warnings: Vec<_> = out.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    let warning = warnings[0];
     assert!(
-        warning.contains(&soon.cert.display().to_string()),
+        warning.contains("certificate expires within 14 days"),
         "{warning}"
     );
-    assert!(warning.contains("expires in 5 days"), "{warning}");
+    assert!(
+        warning.contains(&format!("file={}", soon.cert.display())),
+        "{warning}"
+    );
+    assert!(warning.contains("days_left=5"), "{warning}");
 }
 
 #[test]
