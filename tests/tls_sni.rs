@@ -393,3 +393,67 @@ fn check_refuses_two_certificates_claiming_the_same_name() {
     assert!(out.contains(&one.cert.display().to_string()), "{out}");
     assert!(out.contains(&two.cert.display().to_string()), "{out}");
 }
+
+/// A reload runs the same checks: an expired certificate is refused and the
+/// running certificates stay; a good reload swaps them for new handshakes,
+/// and the expiry gauge follows (a file no longer configured disappears).
+#[tokio::test]
+async fn reload_refuses_an_expired_certificate_and_swaps_good_ones() {
+    let backend = HttpEcho::start().await;
+    let sites = Sites::new();
+    let path = sites.dir.join("sluice.toml");
+    let write = |tls: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = [\"127.0.0.1:0\"]\n{tls}[[route]]\nbackends = [\"{}\"]\n",
+                backend.addr
+            ),
+        )
+        .unwrap()
+    };
+    write(&(pair("[tls]\n", &sites.default) + &pair("[[tls.certificate]]\n", &sites.chat)));
+    let shared = Shared::new(Snapshot::build(Config::load(&path).unwrap()).unwrap());
+    let mut running = Running::start(shared.clone()).await.unwrap();
+    let addr = running.tls_addrs()[0];
+    assert_eq!(
+        served_cert(&sites, addr, Some("chat.example.com")).await,
+        sites.chat.der.to_vec()
+    );
+
+    let old = make_cert(
+        &sites.dir,
+        "old",
+        &["old.example.com"],
+        Some(SystemTime::now() - DAY),
+    );
+    write(
+        &(pair("[tls]\n", &sites.default)
+            + &pair("[[tls.certificate]]\n", &sites.chat)
+            + &pair("[[tls.certificate]]\n", &old)),
+    );
+    let err = running.reload(&path).await.unwrap_err().to_string();
+    assert!(err.contains("tls.certificate[1].cert"), "{err}");
+    assert!(err.contains(&old.cert.display().to_string()), "{err}");
+    assert_eq!(
+        served_cert(&sites, addr, Some("chat.example.com")).await,
+        sites.chat.der.to_vec()
+    );
+
+    write(&(pair("[tls]\n", &sites.default) + &pair("[[tls.certificate]]\n", &sites.wildcard)));
+    running.reload(&path).await.unwrap();
+    assert_eq!(
+        served_cert(&sites, addr, Some("chat.example.com")).await,
+        sites.wildcard.der.to_vec()
+    );
+    let metrics = shared.metrics.encode();
+    let gauge = |c: &Cert| {
+        format!(
+            "sluice_tls_certificate_expiry_seconds{{file=\"{}\"}}",
+            c.cert.display()
+        )
+    };
+    assert!(metrics.contains(&gauge(&sites.wildcard)), "{metrics}");
+    assert!(metrics.contains(&gauge(&sites.default)), "{metrics}");
+    assert!(!metrics.contains(&gauge(&sites.chat)), "{metrics}");
+}
