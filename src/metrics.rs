@@ -65,6 +65,12 @@ pub struct RejectedLabel {
     pub reason: Rejection,
 }
 
+/// `sluice_tls_certificate_expiry_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabel {
+    pub file: String,
+}
+
 /// `sluice_client_connections_closed_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClosedLabel {
@@ -117,6 +123,9 @@ pub enum Rejection {
     BackendError,
     /// `no_healthy_backend`: active checks marked every backend unhealthy (503).
     NoHealthyBackend,
+    /// `misdirected`: an h2 request for a host this connection's
+    /// certificate was not chosen for (421).
+    Misdirected,
 }
 
 impl Rejection {
@@ -130,6 +139,7 @@ impl Rejection {
             Rejection::Timeout => "timeout",
             Rejection::BackendError => "backend_error",
             Rejection::NoHealthyBackend => "no_healthy_backend",
+            Rejection::Misdirected => "misdirected",
         }
     }
 }
@@ -218,6 +228,8 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     pub client_connections_closed: Family<ClosedLabel, Counter>,
     pub requests_rejected: Family<RejectedLabel, Counter>,
+    /// notAfter of each certificate of the current snapshot, Unix seconds.
+    pub tls_certificate_expiry: Family<FileLabel, Gauge>,
     /// `frames` and `bytes` by route, looked up once per route, not per tunnel.
     traffic: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<RouteTraffic>>>,
 }
@@ -246,6 +258,7 @@ impl Metrics {
             reloads: Family::default(),
             client_connections_closed: Family::default(),
             requests_rejected: Family::default(),
+            tls_certificate_expiry: Family::default(),
             traffic: Default::default(),
             registry: Registry::default(),
         };
@@ -307,7 +320,25 @@ impl Metrics {
             "Requests and upgrades answered with an error status, by reason (also those matching no route)",
             m.requests_rejected.clone(),
         );
+        registry.register(
+            "tls_certificate_expiry_seconds",
+            "When each served certificate expires (notAfter, Unix time), by certificate file",
+            m.tls_certificate_expiry.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Shows the expiry of exactly the certificates of `sites` (a reload
+    /// drops the files no longer configured).
+    pub fn set_certificates(&self, sites: Option<&crate::tls::Sites>) {
+        self.tls_certificate_expiry.clear();
+        for site in sites.map_or(&[][..], |s| s.sites()) {
+            self.tls_certificate_expiry
+                .get_or_create(&FileLabel {
+                    file: site.file.display().to_string(),
+                })
+                .set(site.not_after);
+        }
     }
 
     pub fn connection_closed(&self, reason: CloseReason) {

@@ -147,6 +147,7 @@ async fn connection(
     // The TLS handshake and the first request head share one deadline.
     let head_deadline = client.accepted() + handshake_timeout;
 
+    let mut cert = None;
     let stream: ClientStream = if tls {
         let Some(acceptor) = snapshot.acceptor.clone() else {
             tracing::warn!(%peer, "TLS listener without a certificate");
@@ -165,7 +166,14 @@ async fn connection(
             Ok::<_, io::Error>(s)
         };
         match timeout_at(head_deadline, handshake).await {
-            Ok(Ok(s)) => MaybeTls::Tls(Box::new(s)),
+            Ok(Ok(s)) => {
+                // The same choice the resolver made during the handshake.
+                cert = snapshot
+                    .sites
+                    .as_ref()
+                    .map(|sites| sites.pick(s.get_ref().1.server_name()));
+                MaybeTls::Tls(Box::new(s))
+            }
             Ok(Err(e)) => {
                 shared.metrics.connection_closed(CloseReason::TlsFailed);
                 tracing::info!(%peer, error = %e, "TLS handshake failed");
@@ -186,7 +194,12 @@ async fn connection(
     let ctx = ConnCtx {
         shared: shared.clone(),
         snapshot: snapshot.clone(),
-        conn: ConnInfo { peer, local, tls },
+        conn: ConnInfo {
+            peer,
+            local,
+            tls,
+            cert,
+        },
         client: client.clone(),
     };
     let service = service_fn(move |req| {

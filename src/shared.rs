@@ -20,6 +20,9 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub router: Router,
     pub acceptor: Option<TlsAcceptor>,
+    /// The certificates the acceptor chooses from by SNI; `None` without
+    /// `[tls]` or with an acceptor made elsewhere (the demo).
+    pub sites: Option<Arc<crate::tls::Sites>>,
     /// Handshake limiters, one per route, in route order.
     pub handshake_limiters: Vec<HandshakeLimiter>,
 }
@@ -48,8 +51,11 @@ impl Snapshot {
     /// so they cannot disagree.
     pub fn build(config: Config) -> Result<Snapshot, ConfigError> {
         check_host(&config)?;
-        let acceptor = crate::tls::load(&config)?.map(TlsAcceptor::from);
-        Snapshot::assemble(config, acceptor)
+        let (acceptor, sites) = match crate::tls::load(&config)? {
+            Some(l) => (Some(TlsAcceptor::from(l.server_config)), Some(l.sites)),
+            None => (None, None),
+        };
+        Snapshot::assemble(config, acceptor, sites)
     }
 
     /// Builds a snapshot around an acceptor made elsewhere (the demo's
@@ -59,10 +65,23 @@ impl Snapshot {
         acceptor: Option<TlsAcceptor>,
     ) -> Result<Snapshot, ConfigError> {
         check_host(&config)?;
-        Snapshot::assemble(config, acceptor)
+        Snapshot::assemble(config, acceptor, None)
     }
 
-    fn assemble(config: Config, acceptor: Option<TlsAcceptor>) -> Result<Snapshot, ConfigError> {
+    /// Whether a request for `host` may be served on a connection whose
+    /// handshake chose certificate `served` (see `tls::Sites::serves`).
+    pub fn serves(&self, served: Option<usize>, host: Option<&str>) -> bool {
+        match (&self.sites, served) {
+            (Some(sites), Some(served)) => sites.serves(served, host),
+            _ => true,
+        }
+    }
+
+    fn assemble(
+        config: Config,
+        acceptor: Option<TlsAcceptor>,
+        sites: Option<Arc<crate::tls::Sites>>,
+    ) -> Result<Snapshot, ConfigError> {
         let backend_tls = config
             .routes
             .iter()
@@ -79,6 +98,7 @@ impl Snapshot {
             router: Router::build(&config, backend_tls),
             config: Arc::new(config),
             acceptor,
+            sites,
             handshake_limiters,
         })
     }
@@ -119,6 +139,8 @@ impl Shared {
     pub fn new(snapshot: Snapshot) -> Arc<Shared> {
         snapshot.start_health_checks();
         let ceiling = client_ceiling(snapshot.config.server.max_client_connections);
+        let metrics = crate::metrics::Metrics::new();
+        metrics.set_certificates(snapshot.sites.as_deref());
         Arc::new(Shared {
             ceiling: Arc::new(Ceiling::new(ceiling)),
             client_conns: Arc::new(ConnectionCounts::default()),
@@ -128,7 +150,7 @@ impl Shared {
             connections: Arc::new(ConnectionCounts::default()),
             http_conns: Arc::default(),
             tunnels: Arc::default(),
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
             shutdown: watch::channel(false).0,
         })
     }
@@ -146,6 +168,7 @@ impl Shared {
         self.ceiling.set_max(client_ceiling(
             snapshot.config.server.max_client_connections,
         ));
+        self.metrics.set_certificates(snapshot.sites.as_deref());
         self.current.store(snapshot);
     }
 

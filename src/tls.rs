@@ -1,53 +1,259 @@
-//! TLS material: the server config for the listeners (certificate chain and
-//! key from PEM files, ALPN) and the client config for `https://` backends.
+//! TLS material: the server config for the listeners (certificate chains and
+//! keys from PEM files, chosen by SNI through [`Sites`], ALPN) and the client
+//! config for `https://` backends.
 //! Errors while loading name the config file, line and key, like every other
 //! config error, because operators fix them in the same place.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rustls::crypto::ring;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use std::path::Path;
+use crate::config::{BackendTls, Config, ConfigError, Located};
 
-use crate::config::{BackendTls, Config, ConfigError};
+/// Certificates expiring sooner than this are warned about (still loaded).
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
-/// Loads `[tls]` from a validated config. `Ok(None)` when there is no `[tls]`.
-pub fn load(config: &Config) -> Result<Option<Arc<ServerConfig>>, ConfigError> {
+/// What loading `[tls]` gives: the listeners' server config and the
+/// certificates it chooses from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub server_config: Arc<ServerConfig>,
+    pub sites: Arc<Sites>,
+}
+
+/// Loads `[tls]` from a validated config. `Ok(None)` when there is no
+/// `[tls]`. Every certificate is parsed once here; a handshake only looks
+/// names up in [`Sites`]. Fails on a file that cannot be read, a key that
+/// does not match its certificate, an expired certificate, or a name two
+/// certificates claim; warns (one log line) on one expiring within
+/// [`EXPIRY_WARNING`].
+pub fn load(config: &Config) -> Result<Option<Loaded>, ConfigError> {
     let Some(tls) = &config.tls else {
         return Ok(None);
     };
-    let cert_path = &tls.cert.value;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+    let provider = server_provider();
+    let now = SystemTime::now();
+    let mut sites = Sites::default();
+    let files = std::iter::once((&tls.cert, &tls.key))
+        .chain(tls.certificates.iter().map(|c| (&c.cert, &c.key)));
+    for (cert, key) in files {
+        let site = load_site(&config.path, cert, key, &provider, now)?;
+        sites.add(&config.path, cert, site)?;
+    }
+    let sites = Arc::new(sites);
+    let server_config = server_config_with(provider, sites.clone()).map_err(|e| {
+        tls.key
+            .error(&config.path, format!("cannot build the TLS config: {e}"))
+    })?;
+    Ok(Some(Loaded {
+        server_config,
+        sites,
+    }))
+}
+
+/// One certificate ready to serve: the chain and key, its SAN DNS names
+/// (lower case, wildcards as `*.suffix`), and when it expires.
+#[derive(Debug)]
+pub struct Site {
+    pub key: Arc<CertifiedKey>,
+    pub names: Vec<String>,
+    /// The certificate file, for metrics and logs.
+    pub file: PathBuf,
+    /// notAfter, as Unix seconds.
+    pub not_after: i64,
+}
+
+fn load_site(
+    file: &Path,
+    cert: &Located<PathBuf>,
+    key: &Located<PathBuf>,
+    provider: &rustls::crypto::CryptoProvider,
+    now: SystemTime,
+) -> Result<Site, ConfigError> {
+    let cert_path = &cert.value;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|e| {
-            tls.cert.error(
-                &config.path,
+            cert.error(
+                file,
                 format!("cannot load certificate chain {}: {e}", cert_path.display()),
             )
         })?;
-    if certs.is_empty() {
-        return Err(tls.cert.error(
-            &config.path,
+    let Some(leaf) = chain.first() else {
+        return Err(cert.error(
+            file,
             format!("no certificate found in {}", cert_path.display()),
         ));
+    };
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(|e| {
+        cert.error(
+            file,
+            format!("cannot parse certificate {}: {e}", cert_path.display()),
+        )
+    })?;
+    let not_after = parsed.validity().not_after.timestamp();
+    let now_secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let left = not_after - now_secs;
+    if left <= 0 {
+        return Err(cert.error(
+            file,
+            format!(
+                "certificate {} expired {} ({} days ago)",
+                cert_path.display(),
+                parsed.validity().not_after,
+                -left / 86_400
+            ),
+        ));
     }
-    let key_path = &tls.key.value;
+    if left < EXPIRY_WARNING.as_secs() as i64 {
+        tracing::warn!(
+            key = %cert.key,
+            file = %cert_path.display(),
+            days_left = left / 86_400,
+            not_after = %parsed.validity().not_after,
+            "certificate expires within 14 days"
+        );
+    }
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = n {
+                names.push(dns.trim_end_matches('.').to_ascii_lowercase());
+            }
+        }
+    }
+    let key_path = &key.value;
     // PrivateKeyDer's PEM reader accepts PKCS#8, PKCS#1 (RSA) and SEC1 (EC).
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
-        tls.key.error(
-            &config.path,
+    let private = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+        key.error(
+            file,
             format!("cannot load private key {}: {e}", key_path.display()),
         )
     })?;
-    server_config(certs, key).map(Some).map_err(|e| {
-        tls.key.error(
-            &config.path,
-            format!("key does not fit the certificate: {e}"),
-        )
+    let signing = provider
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| {
+            key.error(
+                file,
+                format!("unsupported private key {}: {e}", key_path.display()),
+            )
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    match certified.keys_match() {
+        // ring can always tell; another provider might not.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(_) => {
+            return Err(key.error(
+                file,
+                format!(
+                    "private key {} does not match certificate {}",
+                    key_path.display(),
+                    cert_path.display()
+                ),
+            ))
+        }
+    }
+    Ok(Site {
+        key: Arc::new(certified),
+        names,
+        file: cert_path.clone(),
+        not_after,
     })
+}
+
+/// The certificates of one snapshot and the SNI names they serve; rustls
+/// asks it for every handshake ([`ResolvesServerCert`]). The first site is
+/// the default: it answers an unknown or missing SNI. An exact name wins
+/// over a `*.` wildcard; a name may be claimed by one certificate only.
+#[derive(Debug, Default)]
+pub struct Sites {
+    sites: Vec<Site>,
+    /// Exact names and wildcard suffixes (`*.example.com` is stored as
+    /// `example.com`) → index into `sites`.
+    exact: HashMap<String, usize>,
+    wildcard: HashMap<String, usize>,
+}
+
+impl Sites {
+    fn add(&mut self, file: &Path, at: &Located<PathBuf>, site: Site) -> Result<(), ConfigError> {
+        let index = self.sites.len();
+        for name in &site.names {
+            let (map, key) = match name.strip_prefix("*.") {
+                Some(suffix) => (&mut self.wildcard, suffix.to_owned()),
+                None => (&mut self.exact, name.clone()),
+            };
+            if let Some(&other) = map.get(&key) {
+                if other != index {
+                    return Err(at.error(
+                        file,
+                        format!(
+                            "{name} is claimed by both {} and {}: a name may be claimed by one certificate only",
+                            self.sites[other].file.display(),
+                            site.file.display()
+                        ),
+                    ));
+                }
+            }
+            map.insert(key, index);
+        }
+        self.sites.push(site);
+        Ok(())
+    }
+
+    /// The certificates, default first.
+    pub fn sites(&self) -> &[Site] {
+        &self.sites
+    }
+
+    /// The index of the certificate served for `name` (an SNI or a
+    /// request's host, lower case, no port): exact, then wildcard, then
+    /// the default (0).
+    pub fn pick(&self, name: Option<&str>) -> usize {
+        let Some(name) = name.filter(|_| self.sites.len() > 1) else {
+            return 0;
+        };
+        let name = name.trim_end_matches('.');
+        let lower;
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = name.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            name
+        };
+        if let Some(&i) = self.exact.get(name) {
+            return i;
+        }
+        name.split_once('.')
+            .and_then(|(_, suffix)| self.wildcard.get(suffix).copied())
+            .unwrap_or(0)
+    }
+
+    /// Whether a request for `host` may be served on a connection whose
+    /// handshake chose certificate `served`: only if that host would have
+    /// been given the same certificate (RFC 9110 §15.5.20, so h2 connection
+    /// coalescing cannot reach another site). With one certificate, always.
+    pub fn serves(&self, served: usize, host: Option<&str>) -> bool {
+        self.sites.len() <= 1 || self.pick(host) == served
+    }
+}
+
+impl ResolvesServerCert for Sites {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.sites
+            .get(self.pick(hello.server_name()))
+            .map(|s| s.key.clone())
+    }
 }
 
 /// The listeners' cipher suites, in the server's order of preference:
@@ -76,15 +282,32 @@ fn server_provider() -> rustls::crypto::CryptoProvider {
     }
 }
 
-/// A server config offering h2 and http/1.1 by ALPN.
+/// A server config with one certificate, offering h2 and http/1.1 by ALPN.
 pub fn server_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(server_provider()))
+    let config = ServerConfig::builder_with_provider(Arc::new(server_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
+    finish(config)
+}
+
+/// A server config choosing certificates with `resolver`.
+fn server_config_with(
+    provider: rustls::crypto::CryptoProvider,
+    resolver: Arc<dyn ResolvesServerCert>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let config = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    finish(config)
+}
+
+/// ALPN (h2, http/1.1), the server's cipher order and resumption.
+fn finish(mut config: ServerConfig) -> Result<Arc<ServerConfig>, rustls::Error> {
     config.ignore_client_order = true;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Resumption keeps reconnect storms cheap: stateless tickets (keys

@@ -63,7 +63,19 @@ pub struct Server {
 
 #[derive(Debug, Clone)]
 pub struct Tls {
-    /// Resolved against the config file's directory when relative.
+    /// The default certificate: `[tls]`'s pair, or the first
+    /// `[[tls.certificate]]` when `[tls]` has none. Resolved against the
+    /// config file's directory when relative.
+    pub cert: Located<PathBuf>,
+    pub key: Located<PathBuf>,
+    /// The other `[[tls.certificate]]` entries, in file order; each serves
+    /// the DNS names in its SAN, chosen by SNI.
+    pub certificates: Vec<CertificateFiles>,
+}
+
+/// One certificate chain and its key, as files.
+#[derive(Debug, Clone)]
+pub struct CertificateFiles {
     pub cert: Located<PathBuf>,
     pub key: Located<PathBuf>,
 }

@@ -60,6 +60,18 @@ pub struct RawServer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
+    /// The default pair; optional once `[[tls.certificate]]` exists.
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    /// `[[tls.certificate]]`: more certificates, chosen by SNI.
+    #[serde(default)]
+    pub certificate: Vec<RawCertificate>,
+}
+
+/// One `[[tls.certificate]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
 }

@@ -20,8 +20,8 @@ use toml::Spanned;
 use super::error::{self, ConfigError};
 use super::host::{Backend, HostMatch, OriginPattern};
 use super::model::{
-    BackendTls, Balance, Config, HealthCheck, Limits, Located, OnMessageRate, Route, Server, Tls,
-    WebSocketPolicy,
+    BackendTls, Balance, CertificateFiles, Config, HealthCheck, Limits, Located, OnMessageRate,
+    Route, Server, Tls, WebSocketPolicy,
 };
 use super::raw::{RawConfig, RawLimits, RawRoute, RawServer, RawTls, RawWebSocket, SpannedList};
 use super::values::{parse_proxy, HumanDuration};
@@ -221,9 +221,42 @@ impl Source<'_> {
     }
 
     fn tls(&self, raw: &RawTls) -> Result<Tls, ConfigError> {
+        let mut certificates = raw
+            .certificate
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                Ok(CertificateFiles {
+                    cert: self.locate(&c.cert, format!("tls.certificate[{i}].cert"))?,
+                    key: self.locate(&c.key, format!("tls.certificate[{i}].key"))?,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let missing = |key: &str| {
+            ConfigError::new(
+                self.file,
+                error::header_line(self.text, "tls"),
+                key,
+                "missing required key (or give the certificates as [[tls.certificate]])",
+            )
+        };
+        let (cert, key) = match (&raw.cert, &raw.key) {
+            (Some(cert), Some(key)) => (
+                self.locate(cert, "tls.cert".to_owned())?,
+                self.locate(key, "tls.key".to_owned())?,
+            ),
+            (Some(_), None) => return Err(missing("tls.key")),
+            (None, Some(_)) => return Err(missing("tls.cert")),
+            (None, None) if !certificates.is_empty() => {
+                let first = certificates.remove(0);
+                (first.cert, first.key)
+            }
+            (None, None) => return Err(missing("tls.cert")),
+        };
         Ok(Tls {
-            cert: self.locate(&raw.cert, "tls.cert".to_owned())?,
-            key: self.locate(&raw.key, "tls.key".to_owned())?,
+            cert,
+            key,
+            certificates,
         })
     }
 
@@ -761,9 +794,22 @@ backends = ["name:1"]
         let text: String = text
             .lines()
             .map(|l| {
-                for prefix in ["# listen = ", "# [tls]", "# cert = ", "# key = "] {
+                for prefix in [
+                    "# listen = ",
+                    "# [tls]",
+                    "# [[tls.certificate]]",
+                    "# cert = ",
+                    "# key = ",
+                ] {
                     if l.starts_with(prefix) {
                         return format!("{}\n", &l[2..]);
+                    }
+                }
+                // Indented, so the deploy recipe's `s|^# cert = ...|`
+                // leaves the example certificate alone.
+                for prefix in ["#   cert = ", "#   key = "] {
+                    if l.starts_with(prefix) {
+                        return format!("{}\n", &l[4..]);
                     }
                 }
                 format!("{l}\n")
@@ -785,6 +831,32 @@ backends = ["name:1"]
             "{:?}",
             tls.key.value
         );
+        let more: Vec<_> = tls.certificates.iter().map(|c| (&c.cert, &c.key)).collect();
+        assert_eq!(more.len(), 1);
+        assert!(more[0].0.value.ends_with("config/../certs/chat.pem"));
+        assert_eq!(more[0].0.key, "tls.certificate[0].cert");
+        assert!(more[0].1.value.ends_with("config/../certs/chat-key.pem"));
+    }
+
+    /// `[tls]` may hold no pair once `[[tls.certificate]]` exists: the first
+    /// one becomes the default; with neither, `tls.cert` is missing.
+    #[test]
+    fn the_first_certificate_is_the_default_when_tls_has_no_pair() {
+        let text = format!(
+            "{SERVER}{ROUTE}[[tls.certificate]]\ncert = \"a.pem\"\nkey = \"a-key.pem\"\n\
+             [[tls.certificate]]\ncert = \"b.pem\"\nkey = \"b-key.pem\"\n"
+        );
+        let tls = Config::parse(&text, Path::new("/e/s.toml"))
+            .unwrap()
+            .tls
+            .unwrap();
+        assert_eq!(tls.cert.value, Path::new("/e/a.pem"));
+        assert_eq!(tls.cert.key, "tls.certificate[0].cert");
+        assert_eq!(tls.certificates.len(), 1);
+        assert_eq!(tls.certificates[0].key.key, "tls.certificate[1].key");
+        let err =
+            Config::parse(&format!("[tls]\n{SERVER}{ROUTE}"), Path::new("s.toml")).unwrap_err();
+        assert_eq!((err.line, err.key.as_str()), (Some(1), "tls.cert"));
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// Which certificate of the snapshot's `tls::Sites` the TLS handshake
+    /// chose (by SNI); `None` for cleartext.
+    pub cert: Option<usize>,
 }
 
 /// What one connection's requests are served with.

@@ -57,6 +57,10 @@ pub enum ProxyError {
     NoHealthyBackend,
     #[error("backend handshake invalid: {0}")]
     BadBackendHandshake(&'static str),
+    /// An h2 request for a host this connection's certificate was not
+    /// chosen for (connection coalescing onto another site).
+    #[error("misdirected request: this connection's certificate is not for that host")]
+    Misdirected,
 }
 
 /// Who is at fault, which decides the log level.
@@ -86,6 +90,7 @@ impl ProxyError {
             | ProxyError::BackendConnect(_)
             | ProxyError::BadBackendHandshake(_) => StatusCode::BAD_GATEWAY,
             ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -98,7 +103,8 @@ impl ProxyError {
             | ProxyError::NoRoute
             | ProxyError::OriginForbidden
             | ProxyError::HandshakeRate { .. }
-            | ProxyError::TooManyConnections => Fault::Client,
+            | ProxyError::TooManyConnections
+            | ProxyError::Misdirected => Fault::Client,
             ProxyError::Backend(_)
             | ProxyError::BackendRequest(_)
             | ProxyError::BackendConnect(_)
@@ -127,6 +133,7 @@ impl ProxyError {
             | ProxyError::BackendConnect(_)
             | ProxyError::BadBackendHandshake(_) => Rejection::BackendError,
             ProxyError::NoHealthyBackend => Rejection::NoHealthyBackend,
+            ProxyError::Misdirected => Rejection::Misdirected,
         }
     }
 
@@ -159,7 +166,8 @@ impl ProxyError {
             | ProxyError::BackendConnect(_)
             | ProxyError::BackendTimeout
             | ProxyError::NoHealthyBackend
-            | ProxyError::BadBackendHandshake(_) => {}
+            | ProxyError::BadBackendHandshake(_)
+            | ProxyError::Misdirected => {}
         }
         resp
     }

@@ -79,6 +79,15 @@ async fn route_request(
         Cow::Borrowed(_) => h,
         Cow::Owned(n) => n,
     });
+    // h2 connection coalescing must not carry a request to a site whose
+    // certificate this connection was not made with (RFC 9110 §15.5.20).
+    if req.version() == hyper::Version::HTTP_2
+        && !ctx
+            .snapshot
+            .serves(ctx.conn.cert, host.as_deref().map(route::host_without_port))
+    {
+        return Err(ProxyError::Misdirected);
+    }
     if let Cow::Owned(path) = route::normalize_path(req.uri().path())? {
         set_path(&mut req, &path)?;
     }
