@@ -6,18 +6,23 @@
 //! Every arrow between modules points down the pipeline; there is no cycle:
 //!
 //! ```text
-//! main -> daemon -> server -> proxy -> proxy::{forward, upgrade} -> relay -> frame
-//!                     |                   |            |
-//!                   shared   proxy::{ctx, error}    policy, negotiate, backend_leg
-//!                               headers, route -> pool -> backend
+//! main -> daemon -> server -> proxy -> proxy::{forward, upgrade} -> relay -> relay::scan -> frame
+//!           |         |                 |              |              |
+//!         shared     conn      proxy::{ctx, error}   negotiate,    relay::{half, control,
+//!           |                  headers, route,       backend_leg     ending, side, buffers}
+//!         config, tls          policy -> config       pool -> backend
 //! ```
 //!
-//! * [`config`] turns the TOML file into a validated [`config::Config`]; every
-//!   later stage sees only resolved, plain data.
+//! * [`config`] turns the TOML file into a validated [`config::Config`]
+//!   (model, resolve, values, error rendering; no IO); every later stage
+//!   sees only resolved, plain data.
 //! * [`shared`] holds the current [`shared::Snapshot`] (config, router, TLS
-//!   acceptor, limiters) behind an `ArcSwap`; a connection takes one snapshot at
-//!   accept time and keeps it for its whole life.
-//! * [`server`] owns listeners and the life of one client connection.
+//!   acceptor and certificates, limiters) behind an `ArcSwap`; a connection
+//!   takes one snapshot at accept time and keeps it for its whole life.
+//! * [`server`] owns listeners and the life of one client connection, top to
+//!   bottom: the ceilings at accept, TLS, the first-request and keep-alive
+//!   deadlines, hyper. [`conn`] is what one connection holds (its places
+//!   under the ceilings, whether it is busy).
 //! * [`proxy`] is request handling: `proxy` itself checks, normalizes and
 //!   routes a request and dispatches it to `proxy::forward` (plain HTTP over
 //!   the route's pooled client) or `proxy::upgrade` (the WebSocket handshake:
@@ -29,15 +34,18 @@
 //! * [`pool`] is a route's backends: balancing, health, leases, and
 //!   `Pool::try_each`, the one retry loop (refusers ejected). [`backend`]
 //!   opens the connections; [`headers`] holds the forwarded-request rules.
-//! * [`relay`] runs a tunnel; it is generic over the two streams and never
-//!   sees hyper.
+//! * [`relay`] is a tunnel's life in one folder: `relay::tunnel` (from the
+//!   101 to the log line; the only part that sees hyper), the two
+//!   directions' loop (`half`) and their shared state and watchdog
+//!   (`control`), over [`relay::scan`], the RFC 6455 rules as a sans-IO
+//!   scanner that the fuzzer, the property tests and the bench drive too.
 //! * [`socket`] holds the options sluice sets on its own sockets
 //!   (`reuse_port`, `tcp_congestion`).
-//! * [`frame`] is the pass-through frame-header scanner: no IO, no allocation.
+//! * [`frame`] parses frame headers and Close payloads: no IO, no allocation.
 //!
-//! The leaves (`frame`, `route`, `headers`, `policy::origin`, `config`,
-//! `proxy::upgrade::negotiate`) do no
-//! network IO and are unit-tested with plain values.
+//! The leaves (`frame`, `relay::scan`, `route`, `headers`, `policy::origin`,
+//! `config`, `proxy::upgrade::negotiate`) do no network IO and are
+//! unit-tested with plain values.
 #![warn(missing_debug_implementations)]
 
 pub mod admin;
