@@ -3,7 +3,7 @@
 //! frame rows of the contract.
 //!
 //! A tunnel's life reads top to bottom in this folder:
-//! * [`tunnel`]: from the backend's 101 to the access-log line (waits for the
+//! * `tunnel`: from the backend's 101 to the access-log line (waits for the
 //!   client side, runs the relay, counts and logs the ending);
 //! * [`run`] (here): the two directions and the watchdog, joined in one task;
 //! * `half`: one direction's loop: read, scan, write, insert Close frames;
