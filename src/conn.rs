@@ -169,6 +169,10 @@ pub struct Client {
     /// Milliseconds after `accepted` when `busy` last fell to zero.
     idle_since_ms: AtomicU64,
     changed: Notify,
+    /// The driver saw the connection busy and waits to hear when it is
+    /// not: only then does the last request's end wake it (a connection
+    /// that upgrades, or is closed before its deadline, never wakes it).
+    watching: AtomicBool,
     places: std::sync::Mutex<Places>,
 }
 
@@ -212,6 +216,7 @@ impl Client {
             served: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
             changed: Notify::new(),
+            watching: AtomicBool::new(false),
             places: std::sync::Mutex::new(Places {
                 _ceiling: place,
                 _per_ip: per_ip,
@@ -227,9 +232,8 @@ impl Client {
     /// busy until the returned guard is dropped.
     pub fn begin(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::AcqRel);
-        if !self.served.swap(true, Ordering::AcqRel) {
-            self.changed.notify_one();
-        }
+        // The driver learns of it at its next deadline; no wake-up now.
+        self.served.store(true, Ordering::Release);
         Busy(self.clone())
     }
 
@@ -254,6 +258,13 @@ impl Client {
         State::Idle(self.accepted + Duration::from_millis(ms))
     }
 
+    /// Asks to be woken ([`Client::changed`]) when the connection stops
+    /// being busy. Check the state again after calling it: the last request
+    /// may have ended just before.
+    pub fn watch(&self) {
+        self.watching.store(true, Ordering::Release);
+    }
+
     /// Resolves after the state may have changed.
     pub async fn changed(&self) {
         self.changed.notified().await
@@ -272,7 +283,9 @@ impl Drop for Busy {
         // sees this request's end (a stamp while others stay busy is unused).
         let ms = client.accepted.elapsed().as_millis() as u64;
         client.idle_since_ms.store(ms, Ordering::Release);
-        if client.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if client.busy.fetch_sub(1, Ordering::AcqRel) == 1
+            && client.watching.swap(false, Ordering::AcqRel)
+        {
             client.changed.notify_one();
         }
     }

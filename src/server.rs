@@ -219,7 +219,12 @@ async fn connection(
     // One timer for the connection's deadlines: the first request head's,
     // then the keep-alive's each time the connection falls idle. Requests
     // in progress have none here (the backend's own timeouts bound them).
-    let timer = sleep_until(head_deadline);
+    // While no request has come the driver is not woken when one does (a
+    // connection that upgrades then costs no wake-up at all); it looks again
+    // at least every keepalive_timeout, so an idle connection is found
+    // within one period even when the first request came late.
+    let look_again = |now: Instant| head_deadline.min(now + keepalive);
+    let timer = sleep_until(look_again(client.accepted()));
     tokio::pin!(timer);
     let mut armed = true;
     let result = loop {
@@ -235,7 +240,12 @@ async fn connection(
         }
         let now = Instant::now();
         armed = true;
-        match client.state() {
+        let mut state = client.state();
+        if state == State::Busy {
+            client.watch();
+            state = client.state();
+        }
+        match state {
             State::Opening if now >= head_deadline => {
                 // Zero bytes, part of the h2 preface, or part of a head:
                 // hyper has no timer before it knows the protocol.
@@ -245,7 +255,7 @@ async fn connection(
                 tracing::info!(%peer, timeout_ms = handshake_timeout.as_millis() as u64, "connection closed: no complete request head within handshake_timeout");
                 return;
             }
-            State::Opening => timer.as_mut().reset(head_deadline),
+            State::Opening => timer.as_mut().reset(look_again(now)),
             State::Busy => armed = false,
             State::Idle(since) if now >= since + keepalive => {
                 shared
