@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls::crypto::ring;
+use rustls::crypto::aws_lc_rs as provider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -151,7 +151,7 @@ fn load_site(
         })?;
     let certified = CertifiedKey::new(chain, signing);
     match certified.keys_match() {
-        // ring can always tell; another provider might not.
+        // aws-lc-rs can always tell; another provider might not.
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(_) => {
             return Err(key.error(
@@ -256,16 +256,21 @@ impl ResolvesServerCert for Sites {
     }
 }
 
-/// The listeners' cipher suites, in the server's order of preference:
-/// Mozilla's recommended order, AES-128-GCM first. Chosen by the server, not
-/// the client, because most clients list AES-256-GCM-SHA384 first, and its
-/// SHA-384 key schedule has no hardware help in ring (SHA-256 has SHA-NI):
-/// on the bench machine SHA-512 compression alone was 7 % of sluice's CPU in
-/// a full-handshake run, and AES-128 needs 10 rounds per block to AES-256's
-/// 14 for every record after. All three TLS 1.3 suites and the ECDHE-AEAD
-/// TLS 1.2 suites stay on offer.
+/// The listeners' crypto (aws-lc-rs: ring has no ML-KEM).
+///
+/// Key exchange, in the server's order: the hybrid post-quantum
+/// X25519MLKEM768 first (what current browsers send), then X25519 and P-256
+/// (contract).
+///
+/// Cipher suites, in the server's order of preference: Mozilla's
+/// recommended order, AES-128-GCM first. Chosen by the server, not the
+/// client, because most clients list AES-256-GCM-SHA384 first, whose
+/// SHA-384 key schedule costs more than SHA-256's, and AES-128 needs 10
+/// rounds per block to AES-256's 14 for every record after. All three TLS
+/// 1.3 suites and the ECDHE-AEAD TLS 1.2 suites stay on offer.
 fn server_provider() -> rustls::crypto::CryptoProvider {
-    use rustls::crypto::ring::cipher_suite::*;
+    use rustls::crypto::aws_lc_rs::cipher_suite::*;
+    use rustls::crypto::aws_lc_rs::kx_group::{SECP256R1, X25519, X25519MLKEM768};
     rustls::crypto::CryptoProvider {
         cipher_suites: vec![
             TLS13_AES_128_GCM_SHA256,
@@ -278,7 +283,8 @@ fn server_provider() -> rustls::crypto::CryptoProvider {
             TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
             TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
         ],
-        ..ring::default_provider()
+        kx_groups: vec![X25519MLKEM768, X25519, SECP256R1],
+        ..provider::default_provider()
     }
 }
 
@@ -313,7 +319,7 @@ fn finish(mut config: ServerConfig) -> Result<Arc<ServerConfig>, rustls::Error> 
     // Resumption keeps reconnect storms cheap: stateless tickets (keys
     // rotated by rustls every 6 h) plus a session cache larger than the
     // default 256 entries for clients that resume by ID.
-    config.ticketer = ring::Ticketer::new()?;
+    config.ticketer = provider::Ticketer::new()?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(32 * 1024);
     Ok(Arc::new(config))
 }
@@ -347,9 +353,9 @@ pub fn backend_client_config(
         }
         None => system_roots().clone(),
     };
-    let builder = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+    let builder = ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
+        .expect("aws-lc-rs supports the default protocol versions")
         .with_root_certificates(roots);
     let mut config = match (&route.cert, &route.key) {
         (Some(cert), Some(key)) => {

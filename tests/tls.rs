@@ -196,3 +196,66 @@ async fn a_failed_handshake_still_tells_the_client_why() {
         "the client got {err:?}, not an alert"
     );
 }
+
+/// The key exchange group negotiated by an aws-lc-rs client offering
+/// `groups` in that order.
+async fn negotiated_group(
+    s: &Sluice,
+    groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>,
+) -> rustls::NamedGroup {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(s.cert.der.clone()).unwrap();
+    let provider = rustls::crypto::CryptoProvider {
+        kx_groups: groups,
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(s.tls_addr).await.unwrap();
+    let tls = within(
+        "TLS handshake",
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .unwrap();
+    tls.get_ref()
+        .1
+        .negotiated_key_exchange_group()
+        .unwrap()
+        .name()
+}
+
+/// Contract: TLS offers the hybrid post-quantum X25519MLKEM768 first, then
+/// X25519 and P-256. A client that offers only the hybrid gets it, and so
+/// does one that lists it first as browsers do; clients without it keep
+/// X25519 or P-256. A client that lists X25519 first sends only that key
+/// share, and rustls takes the share it has rather than cost a round trip
+/// (HelloRetryRequest) to get the hybrid.
+#[tokio::test]
+async fn post_quantum_key_exchange_is_offered_first() {
+    use rustls::crypto::aws_lc_rs::kx_group::{SECP256R1, X25519, X25519MLKEM768};
+    use rustls::NamedGroup;
+    let backend = HttpEcho::start().await;
+    let s = Sluice::to(backend.addr, "", "").await;
+    assert_eq!(
+        negotiated_group(&s, vec![X25519MLKEM768]).await,
+        NamedGroup::X25519MLKEM768
+    );
+    assert_eq!(
+        negotiated_group(&s, vec![X25519MLKEM768, X25519, SECP256R1]).await,
+        NamedGroup::X25519MLKEM768
+    );
+    assert_eq!(
+        negotiated_group(&s, vec![X25519, X25519MLKEM768]).await,
+        NamedGroup::X25519
+    );
+    assert_eq!(negotiated_group(&s, vec![X25519]).await, NamedGroup::X25519);
+    assert_eq!(
+        negotiated_group(&s, vec![SECP256R1]).await,
+        NamedGroup::secp256r1
+    );
+}
