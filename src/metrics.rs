@@ -117,6 +117,8 @@ pub enum Rejection {
     Rate,
     /// `connections_per_ip`: the route's tunnels per IP were all open (429).
     ConnectionsPerIp,
+    /// `tunnel_cap`: `server.max_tunnels` or `route.max_tunnels` reached (503).
+    TunnelCap,
     /// `timeout`: the backend did not answer within `handshake_timeout` (504).
     Timeout,
     /// `backend_error`: the backend refused, failed or broke the protocol (502).
@@ -136,6 +138,7 @@ impl Rejection {
             Rejection::Origin => "origin",
             Rejection::Rate => "rate",
             Rejection::ConnectionsPerIp => "connections_per_ip",
+            Rejection::TunnelCap => "tunnel_cap",
             Rejection::Timeout => "timeout",
             Rejection::BackendError => "backend_error",
             Rejection::NoHealthyBackend => "no_healthy_backend",

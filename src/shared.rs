@@ -10,7 +10,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ConfigError};
 use crate::conn::{client_ceiling, Ceiling, LogGate};
-use crate::policy::rate::{ConnectionCounts, HandshakeLimiter};
+use crate::policy::rate::{ConnectionCounts, HandshakeLimiter, TunnelCounts};
 use crate::route::Router;
 
 /// Everything derived from one config file. A connection takes one snapshot
@@ -124,6 +124,8 @@ pub struct Shared {
     pub ceiling: Arc<Ceiling>,
     /// Open client connections per IP, for `max_client_connections_per_ip`.
     pub client_conns: Arc<ConnectionCounts>,
+    /// Open tunnels, for `server.max_tunnels` and `route.max_tunnels`.
+    pub tunnel_counts: Arc<TunnelCounts>,
     /// One log line per second for refusals a flood controls the rate of.
     pub per_ip_log: LogGate,
     pub started: tokio::time::Instant,
@@ -144,6 +146,7 @@ impl Shared {
         Arc::new(Shared {
             ceiling: Arc::new(Ceiling::new(ceiling)),
             client_conns: Arc::new(ConnectionCounts::default()),
+            tunnel_counts: Arc::default(),
             per_ip_log: LogGate::default(),
             started: tokio::time::Instant::now(),
             current: ArcSwap::from_pointee(snapshot),

@@ -59,6 +59,8 @@ pub struct Server {
     pub max_client_connections: u32,
     /// Client connections per client IP (IPv6: per /64); 0 = no cap.
     pub max_client_connections_per_ip: u32,
+    /// Open tunnels in the process; 0 = no cap. Above it: 503.
+    pub max_tunnels: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +112,8 @@ pub struct Route {
     pub backend_tls: BackendTls,
     pub websocket: WebSocketPolicy,
     pub limits: Limits,
+    /// Open tunnels on this route; 0 = no cap. Above it: 503.
+    pub max_tunnels: u32,
 }
 
 /// TLS settings toward a route's `https://` backends.

@@ -55,6 +55,8 @@ pub struct RawServer {
     /// 0 means "half the open-file limit", so plain integers, not `Count`.
     pub max_client_connections: Option<u32>,
     pub max_client_connections_per_ip: Option<u32>,
+    /// Open tunnels process-wide; 0 = no cap.
+    pub max_tunnels: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +115,8 @@ pub struct RawRoute {
     pub backend_key: Option<Spanned<String>>,
     pub websocket: Option<RawWebSocket>,
     pub limits: Option<RawLimits>,
+    /// Open tunnels on this route; 0 = no cap.
+    pub max_tunnels: Option<u32>,
 }
 
 /// `health_check = { path = "/healthz", interval = "5s", ... }` on a route.

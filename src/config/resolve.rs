@@ -217,6 +217,7 @@ impl Source<'_> {
             keepalive_timeout,
             max_client_connections: raw.max_client_connections.unwrap_or(0),
             max_client_connections_per_ip: raw.max_client_connections_per_ip.unwrap_or(0),
+            max_tunnels: raw.max_tunnels.unwrap_or(0),
         })
     }
 
@@ -489,6 +490,7 @@ impl Source<'_> {
             backend_tls,
             websocket,
             limits,
+            max_tunnels: raw.max_tunnels.unwrap_or(0),
         })
     }
 }

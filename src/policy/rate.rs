@@ -241,3 +241,76 @@ mod tests {
         assert!(l.check("192.0.2.2".parse().unwrap()).is_ok());
     }
 }
+
+/// Open tunnels, process-wide and per route (by the route's label, so a
+/// reload that keeps a route keeps counting its open tunnels), for
+/// `server.max_tunnels` and `route.max_tunnels`. Shared by every snapshot.
+#[derive(Debug, Default)]
+pub struct TunnelCounts {
+    counts: Mutex<TunnelTally>,
+}
+
+#[derive(Debug, Default)]
+struct TunnelTally {
+    total: u32,
+    by_route: HashMap<String, u32>,
+}
+
+/// Which cap a refused tunnel met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelCap {
+    Process,
+    Route,
+}
+
+impl TunnelCounts {
+    /// Takes a place for one more tunnel on `route`, or says which cap
+    /// (0 = none) is reached. Checked before the backend is contacted.
+    pub fn try_take(
+        self: &Arc<Self>,
+        route: &str,
+        route_max: u32,
+        process_max: u32,
+    ) -> Result<TunnelSlot, TunnelCap> {
+        let mut tally = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if process_max > 0 && tally.total >= process_max {
+            return Err(TunnelCap::Process);
+        }
+        let on_route = tally.by_route.get(route).copied().unwrap_or(0);
+        if route_max > 0 && on_route >= route_max {
+            return Err(TunnelCap::Route);
+        }
+        tally.total += 1;
+        *tally.by_route.entry(route.to_owned()).or_insert(0) += 1;
+        Ok(TunnelSlot {
+            counts: self.clone(),
+            route: route.into(),
+        })
+    }
+
+    /// Open tunnels: process-wide, and on `route`.
+    pub fn open(&self, route: &str) -> (u32, u32) {
+        let tally = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        (tally.total, tally.by_route.get(route).copied().unwrap_or(0))
+    }
+}
+
+/// One tunnel's place under the tunnel caps; released on drop.
+#[derive(Debug)]
+pub struct TunnelSlot {
+    counts: Arc<TunnelCounts>,
+    route: Box<str>,
+}
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        let mut tally = self.counts.counts.lock().unwrap_or_else(|e| e.into_inner());
+        tally.total = tally.total.saturating_sub(1);
+        if let Some(n) = tally.by_route.get_mut(&*self.route) {
+            *n -= 1;
+            if *n == 0 {
+                tally.by_route.remove(&*self.route);
+            }
+        }
+    }
+}

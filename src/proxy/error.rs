@@ -40,6 +40,9 @@ pub enum ProxyError {
     HandshakeRate { retry_after: Duration },
     #[error("too many connections from this address")]
     TooManyConnections,
+    /// `server.max_tunnels` or `route.max_tunnels` reached (503).
+    #[error("too many tunnels open; retry later")]
+    TunnelCap,
     /// Reaching a backend for an upgrade failed.
     #[error("backend unavailable")]
     Backend(#[from] BackendError),
@@ -89,7 +92,7 @@ impl ProxyError {
             | ProxyError::BackendRequest(_)
             | ProxyError::BackendConnect(_)
             | ProxyError::BadBackendHandshake(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyBackend | ProxyError::TunnelCap => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }
     }
@@ -104,6 +107,7 @@ impl ProxyError {
             | ProxyError::OriginForbidden
             | ProxyError::HandshakeRate { .. }
             | ProxyError::TooManyConnections
+            | ProxyError::TunnelCap
             | ProxyError::Misdirected => Fault::Client,
             ProxyError::Backend(_)
             | ProxyError::BackendRequest(_)
@@ -125,6 +129,7 @@ impl ProxyError {
             ProxyError::OriginForbidden => Rejection::Origin,
             ProxyError::HandshakeRate { .. } => Rejection::Rate,
             ProxyError::TooManyConnections => Rejection::ConnectionsPerIp,
+            ProxyError::TunnelCap => Rejection::TunnelCap,
             ProxyError::Backend(BackendError::TimedOut) | ProxyError::BackendTimeout => {
                 Rejection::Timeout
             }
@@ -154,6 +159,10 @@ impl ProxyError {
                 // Whole seconds, at least 1, rounded up so a client that obeys it succeeds.
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            ProxyError::TunnelCap => {
+                // Tunnels end at their own pace; a second is a polite retry.
+                h.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
             }
             ProxyError::BadRequest(_)
             | ProxyError::BadPath(_)

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::conn::Kept;
 use crate::metrics::{CloseLabel, EndingLabel, Metrics, RouteLabel};
-use crate::policy::rate::ConnectionGuard;
+use crate::policy::rate::{ConnectionGuard, TunnelSlot};
 use crate::pool::Lease;
 use crate::shared::{Shared, Tracked};
 use crate::stream::{BackendStream, ClientStream, Tunneled};
@@ -34,6 +34,8 @@ pub struct Who {
 pub struct Holds {
     /// Its place under `limits.max_connections_per_ip`.
     pub tunnel_slot: ConnectionGuard,
+    /// Its place under `server.max_tunnels` and `route.max_tunnels`.
+    pub cap: TunnelSlot,
     /// The backend lease (least-connections balancing counts it).
     pub lease: Lease,
     /// What it keeps of the client connection (places under the connection

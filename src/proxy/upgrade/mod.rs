@@ -29,7 +29,7 @@ use crate::backend::{self, BackendError};
 use crate::headers::{self, Forwarding};
 use crate::metrics::{HandshakeLabel, HandshakeOutcome, RouteLabel};
 use crate::policy::origin;
-use crate::policy::rate::ConnectionGuard;
+use crate::policy::rate::{ConnectionGuard, TunnelSlot};
 use crate::pool::{Attempt, Lease};
 use crate::relay;
 use crate::route::Picked;
@@ -111,7 +111,7 @@ async fn handshake(
         ctx,
         picked,
         &mut req,
-        admitted.guard,
+        (admitted.guard, admitted.cap),
         reached,
         negotiated,
     )))
@@ -124,9 +124,11 @@ struct Admitted {
     forwarding: Forwarding,
     /// The client's place under the route's per-IP tunnel cap.
     guard: ConnectionGuard,
+    /// The tunnel's place under `server.max_tunnels` and `route.max_tunnels`.
+    cap: TunnelSlot,
 }
 
-/// Step 1: validate, origin, handshake rate, per-IP tunnel cap.
+/// Step 1: validate, origin, handshake rate, per-IP tunnel cap, tunnel caps.
 fn admit(
     ctx: &ConnCtx,
     picked: &Picked<'_>,
@@ -159,10 +161,23 @@ fn admit(
         .connections
         .try_acquire(forwarding.client.ip, route.limits.max_connections_per_ip)
         .ok_or(ProxyError::TooManyConnections)?;
+    let cap = ctx
+        .shared
+        .tunnel_counts
+        .try_take(
+            picked.label,
+            route.max_tunnels,
+            ctx.snapshot.config.server.max_tunnels,
+        )
+        .map_err(|cap| {
+            tracing::info!(peer = %ctx.conn.peer, route = picked.index, ?cap, "tunnel cap reached");
+            ProxyError::TunnelCap
+        })?;
     Ok(Admitted {
         key,
         forwarding,
         guard,
+        cap,
     })
 }
 
@@ -307,7 +322,7 @@ fn open_tunnel(
     ctx: &ConnCtx,
     picked: &Picked<'_>,
     req: &mut Request<Incoming>,
-    guard: ConnectionGuard,
+    (guard, cap): (ConnectionGuard, TunnelSlot),
     reached: Reached,
     negotiated: Negotiated,
 ) -> Response<Body> {
@@ -347,6 +362,7 @@ fn open_tunnel(
     // idle), its per-IP tunnel slot, its backend lease and the drain's count.
     let holds = relay::Holds {
         tunnel_slot: guard,
+        cap,
         lease,
         connection: ctx.client.keep_for_tunnel(req.version() == Version::HTTP_2),
         tracked: ctx.shared.tunnels.track(),
