@@ -159,6 +159,9 @@ pub struct WebSocketPolicy {
     /// Remove permessage-deflate from the client's offer so the size limits
     /// apply to the real payload.
     pub strip_compression: bool,
+    /// A tunnel older than this (±10 % jitter) gets Close 1001 both ways;
+    /// zero = no limit.
+    pub max_lifetime: std::time::Duration,
 }
 
 impl Default for WebSocketPolicy {
@@ -169,6 +172,7 @@ impl Default for WebSocketPolicy {
             allowed_origins: None,
             allow_missing_origin: true,
             strip_compression: false,
+            max_lifetime: std::time::Duration::ZERO,
         }
     }
 }

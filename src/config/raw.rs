@@ -88,6 +88,7 @@ pub struct RawWebSocket {
     pub allowed_origins: Option<Vec<Spanned<String>>>,
     pub allow_missing_origin: Option<bool>,
     pub strip_compression: Option<bool>,
+    pub max_lifetime: Option<Spanned<HumanDuration>>,
 }
 
 /// Both `[limits]` and `[route.limits]`, like [`RawWebSocket`].

@@ -320,6 +320,10 @@ impl Source<'_> {
                 .allow_missing_origin
                 .unwrap_or(base.allow_missing_origin),
             strip_compression: raw.strip_compression.unwrap_or(base.strip_compression),
+            max_lifetime: raw
+                .max_lifetime
+                .as_ref()
+                .map_or(base.max_lifetime, |d| d.get_ref().0),
         })
     }
 

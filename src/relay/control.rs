@@ -27,7 +27,7 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// flag yields once to guarantee that poll happens.
 #[derive(Debug)]
 pub struct Control {
-    start: Instant,
+    pub start: Instant,
     /// Milliseconds since `start` when a byte last arrived from either side.
     last_activity: AtomicU64,
     /// Per receiver: 1 + milliseconds since `start` when a write toward it
@@ -188,11 +188,24 @@ impl Control {
     }
 }
 
+/// `lifetime` scaled by a random factor in [0.9, 1.1).
+fn jittered(lifetime: Duration) -> Duration {
+    let r = u16::from_ne_bytes(crate::frame::random_bytes());
+    lifetime.mul_f64(0.9 + 0.2 * f64::from(r) / 65536.0)
+}
+
 /// The watchdog: ends the tunnel on idleness, a stalled writer or the
 /// drain, flushes the live counters a second after new traffic, and returns
 /// once the tunnel has had its chance to close (the caller then stops
 /// waiting for the directions).
-pub async fn watch(ctl: &Control, idle: Duration, shutdown: &mut watch::Receiver<bool>) {
+pub async fn watch(
+    ctl: &Control,
+    idle: Duration,
+    max_lifetime: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let ends_at = (!max_lifetime.is_zero()).then(|| ctl.start + jittered(max_lifetime));
+    let due = |deadline: Instant| ends_at.map_or(deadline, |at| at.min(deadline));
     let winding_down = std::future::poll_fn(|_| {
         if ctl.winding_down() {
             Poll::Ready(())
@@ -203,7 +216,7 @@ pub async fn watch(ctl: &Control, idle: Duration, shutdown: &mut watch::Receiver
     tokio::pin!(winding_down);
     // One timer for the tunnel's whole life, moved rather than remade: an
     // idle tunnel is mostly this future, and it is kept small.
-    let timer = sleep_until(ctl.next_deadline(idle).0);
+    let timer = sleep_until(due(ctl.next_deadline(idle).0));
     tokio::pin!(timer);
     let mut draining = false;
     // A tunnel opened after the drain began (its upgrade was waiting for
@@ -251,6 +264,11 @@ pub async fn watch(ctl: &Control, idle: Duration, shutdown: &mut watch::Receiver
                     // An idle peer may sit mid-frame forever; do not wait for it.
                     break LINGER * 2;
                 }
+                if ends_at.is_some_and(|at| Instant::now() >= at) {
+                    ctl.end_and_request(Ending::Lifetime);
+                    break LINGER * 2;
+                }
+                let deadline = due(deadline);
                 timer.as_mut().reset(flush_at.map_or(deadline, |at| at.min(deadline)));
             }
             changed = shutdown.changed(), if !draining => {

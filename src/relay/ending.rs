@@ -69,6 +69,8 @@ pub enum Ending {
         toward: Side,
     },
     Drain,
+    /// `max_lifetime` (with its jitter) passed.
+    Lifetime,
     /// A peer closed or reset its stream without sending a Close first.
     Vanished(Side),
 }
@@ -93,7 +95,7 @@ impl Ending {
                 codes[by] = Some(violation.close_code());
                 codes
             }
-            Ending::Idle | Ending::Drain => PerSide::new(away, away),
+            Ending::Idle | Ending::Drain | Ending::Lifetime => PerSide::new(away, away),
             Ending::WriteStalled { toward } => only(toward.other(), away),
             Ending::Vanished(side) => only(side.other(), away),
         }
@@ -107,6 +109,7 @@ impl Ending {
             Ending::Idle => "idle",
             Ending::WriteStalled { .. } => "write_stalled",
             Ending::Drain => "drain",
+            Ending::Lifetime => "lifetime",
             Ending::Vanished(_) => "vanished",
         }
     }
@@ -120,6 +123,7 @@ impl fmt::Display for Ending {
             Ending::Idle => f.write_str("idle timeout"),
             Ending::WriteStalled { toward } => write!(f, "writes toward {toward} stalled"),
             Ending::Drain => f.write_str("server shutting down"),
+            Ending::Lifetime => f.write_str("max_lifetime reached"),
             Ending::Vanished(side) => write!(f, "{side} went away without a close frame"),
         }
     }
@@ -160,6 +164,7 @@ mod tests {
             ),
             (Ending::Idle, away, away),
             (Ending::Drain, away, away),
+            (Ending::Lifetime, away, away),
             (
                 Ending::WriteStalled {
                     toward: Side::Client,

@@ -62,6 +62,9 @@ use half::Half;
 pub struct Policy {
     pub rules: Rules,
     pub idle_timeout: Duration,
+    /// Close 1001 both ways after this, ±10 % jitter (so tunnels opened
+    /// together do not all end together); zero = never.
+    pub max_lifetime: Duration,
     /// Client-to-backend frames (of any opcode): the rate and what to do
     /// above it.
     pub message_rate: MessageRate,
@@ -156,7 +159,7 @@ pub fn run<C: Peer, B: Peer>(
         };
         tokio::select! {
             _ = relay => {}
-            _ = control::watch(ctl, policy.idle_timeout, &mut shutdown) => {}
+            _ = control::watch(ctl, policy.idle_timeout, policy.max_lifetime, &mut shutdown) => {}
         }
         ctl.report()
     }

@@ -350,6 +350,7 @@ fn open_tunnel(
                 allowed_rsv_continuation: negotiated.allowed_rsv_continuation,
             },
             idle_timeout: ctx.snapshot.config.server.idle_timeout,
+            max_lifetime: policy.max_lifetime,
             message_rate: relay::MessageRate {
                 per_second: route.limits.messages_per_second,
                 burst: route.limits.message_burst,
