@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -247,13 +248,10 @@ mod tests {
 /// `server.max_tunnels` and `route.max_tunnels`. Shared by every snapshot.
 #[derive(Debug, Default)]
 pub struct TunnelCounts {
-    counts: Mutex<TunnelTally>,
-}
-
-#[derive(Debug, Default)]
-struct TunnelTally {
-    total: u32,
-    by_route: HashMap<String, u32>,
+    total: AtomicU32,
+    /// One counter per route label ever seen (a handful), shared by the
+    /// route's tunnels so a tunnel's slot holds no copy of the label.
+    by_route: Mutex<HashMap<String, Arc<AtomicU32>>>,
 }
 
 /// Which cap a refused tunnel met.
@@ -272,26 +270,29 @@ impl TunnelCounts {
         route_max: u32,
         process_max: u32,
     ) -> Result<TunnelSlot, TunnelCap> {
-        let mut tally = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if process_max > 0 && tally.total >= process_max {
+        // Check and count under the lock, so two handshakes cannot both
+        // take the last place; releases need no lock.
+        let mut by_route = self.by_route.lock().unwrap_or_else(|e| e.into_inner());
+        if process_max > 0 && self.total.load(Ordering::Acquire) >= process_max {
             return Err(TunnelCap::Process);
         }
-        let on_route = tally.by_route.get(route).copied().unwrap_or(0);
-        if route_max > 0 && on_route >= route_max {
+        let on_route = match by_route.get(route) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Arc::new(AtomicU32::new(0));
+                by_route.insert(route.to_owned(), c.clone());
+                c
+            }
+        };
+        if route_max > 0 && on_route.load(Ordering::Acquire) >= route_max {
             return Err(TunnelCap::Route);
         }
-        tally.total += 1;
-        *tally.by_route.entry(route.to_owned()).or_insert(0) += 1;
+        self.total.fetch_add(1, Ordering::AcqRel);
+        on_route.fetch_add(1, Ordering::AcqRel);
         Ok(TunnelSlot {
             counts: self.clone(),
-            route: route.into(),
+            route: on_route,
         })
-    }
-
-    /// Open tunnels: process-wide, and on `route`.
-    pub fn open(&self, route: &str) -> (u32, u32) {
-        let tally = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        (tally.total, tally.by_route.get(route).copied().unwrap_or(0))
     }
 }
 
@@ -299,18 +300,12 @@ impl TunnelCounts {
 #[derive(Debug)]
 pub struct TunnelSlot {
     counts: Arc<TunnelCounts>,
-    route: Box<str>,
+    route: Arc<AtomicU32>,
 }
 
 impl Drop for TunnelSlot {
     fn drop(&mut self) {
-        let mut tally = self.counts.counts.lock().unwrap_or_else(|e| e.into_inner());
-        tally.total = tally.total.saturating_sub(1);
-        if let Some(n) = tally.by_route.get_mut(&*self.route) {
-            *n -= 1;
-            if *n == 0 {
-                tally.by_route.remove(&*self.route);
-            }
-        }
+        self.counts.total.fetch_sub(1, Ordering::AcqRel);
+        self.route.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -54,11 +54,20 @@ pub struct Control {
     flushed_frames: PerDirection<AtomicU64>,
     live: Live,
     ending: OnceLock<Ending>,
+    /// Milliseconds after `start` when `max_lifetime` (jittered) is over;
+    /// 0 = never.
+    ends_at_ms: u64,
 }
 
 impl Control {
-    pub fn new(live: Live) -> Control {
+    pub fn new(live: Live, max_lifetime: Duration) -> Control {
+        let ends_at_ms = if max_lifetime.is_zero() {
+            0
+        } else {
+            (jittered(max_lifetime).as_millis() as u64).max(1)
+        };
         Control {
+            ends_at_ms,
             start: Instant::now(),
             last_activity: AtomicU64::new(0),
             write_blocked: PerSide::default(),
@@ -83,6 +92,11 @@ impl Control {
 
     pub fn touch(&self) {
         self.last_activity.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// When `max_lifetime` (jittered) ends, if it does.
+    fn lifetime_ends(&self) -> Option<Instant> {
+        (self.ends_at_ms != 0).then(|| self.start + Duration::from_millis(self.ends_at_ms))
     }
 
     /// When the watchdog must look next: the idle deadline, or earlier if a
@@ -198,14 +212,7 @@ fn jittered(lifetime: Duration) -> Duration {
 /// drain, flushes the live counters a second after new traffic, and returns
 /// once the tunnel has had its chance to close (the caller then stops
 /// waiting for the directions).
-pub async fn watch(
-    ctl: &Control,
-    idle: Duration,
-    max_lifetime: Duration,
-    shutdown: &mut watch::Receiver<bool>,
-) {
-    let ends_at = (!max_lifetime.is_zero()).then(|| ctl.start + jittered(max_lifetime));
-    let due = |deadline: Instant| ends_at.map_or(deadline, |at| at.min(deadline));
+pub async fn watch(ctl: &Control, idle: Duration, shutdown: &mut watch::Receiver<bool>) {
     let winding_down = std::future::poll_fn(|_| {
         if ctl.winding_down() {
             Poll::Ready(())
@@ -216,7 +223,8 @@ pub async fn watch(
     tokio::pin!(winding_down);
     // One timer for the tunnel's whole life, moved rather than remade: an
     // idle tunnel is mostly this future, and it is kept small.
-    let timer = sleep_until(due(ctl.next_deadline(idle).0));
+    let first = ctl.next_deadline(idle).0;
+    let timer = sleep_until(ctl.lifetime_ends().map_or(first, |at| at.min(first)));
     tokio::pin!(timer);
     let mut draining = false;
     // A tunnel opened after the drain began (its upgrade was waiting for
@@ -264,12 +272,13 @@ pub async fn watch(
                     // An idle peer may sit mid-frame forever; do not wait for it.
                     break LINGER * 2;
                 }
-                if ends_at.is_some_and(|at| Instant::now() >= at) {
+                let lifetime = ctl.lifetime_ends();
+                if lifetime.is_some_and(|at| Instant::now() >= at) {
                     ctl.end_and_request(Ending::Lifetime);
                     break LINGER * 2;
                 }
-                let deadline = due(deadline);
-                timer.as_mut().reset(flush_at.map_or(deadline, |at| at.min(deadline)));
+                let next = [Some(deadline), flush_at, lifetime].into_iter().flatten().min();
+                timer.as_mut().reset(next.unwrap_or(deadline));
             }
             changed = shutdown.changed(), if !draining => {
                 if changed.is_err() || *shutdown.borrow() {

@@ -112,7 +112,7 @@ pub fn run<C: Peer, B: Peer>(
     live: Live,
     shutdown: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = Report> + Send {
-    let ctl = Control::new(live);
+    let ctl = Control::new(live, policy.max_lifetime);
     // Both halves of a stream are used from this one task, so the lock is
     // never contended; it only lets two `&mut` users take turns.
     let client = Mutex::new(client);
@@ -159,7 +159,7 @@ pub fn run<C: Peer, B: Peer>(
         };
         tokio::select! {
             _ = relay => {}
-            _ = control::watch(ctl, policy.idle_timeout, policy.max_lifetime, &mut shutdown) => {}
+            _ = control::watch(ctl, policy.idle_timeout, &mut shutdown) => {}
         }
         ctl.report()
     }
