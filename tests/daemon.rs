@@ -6,111 +6,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::hostile::{Proc, BIN};
 use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-
-/// The sluice binary with its stderr collected line by line.
-struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn start(config: &Path, notify: Option<&Path>) -> Proc {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["run", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped());
-        if let Some(n) = notify {
-            cmd.env("NOTIFY_SOCKET", n);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, lines }
-    }
-
-    /// Waits for a log line containing `needle` (the `nth` such line, 1-based).
-    async fn wait_line(&self, needle: &str, nth: usize) -> String {
-        let t = Instant::now();
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.contains(needle))
-                .nth(nth - 1)
-            {
-                return l.clone();
-            }
-            assert!(
-                t.elapsed() < WAIT,
-                "no log line with {needle:?}; got {:#?}",
-                self.lines.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Bound addresses from the "listening" lines, in order.
-    async fn addr(&self, needle: &str) -> std::net::SocketAddr {
-        let line = self.wait_line(needle, 1).await;
-        let at = line.find("addr=").unwrap() + 5;
-        line[at..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let t = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(t.elapsed() < limit, "sluice did not exit within {limit:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn config(dir: &Path, body: &str) -> PathBuf {
     let p = dir.join("sluice.toml");
@@ -274,7 +179,7 @@ async fn notify_socket_gets_ready_reloading_ready_stopping_in_order() {
     let dir = TestCert::new().dir;
     let notify = Notify::bind(&dir);
     let path = config(&dir, &plain_config(backend.addr, ""));
-    let mut proc = Proc::start(&path, Some(&notify.path));
+    let mut proc = Proc::start_notifying(&path, &notify.path);
     assert_eq!(notify.recv(), "READY=1");
     // Every listener is bound by the time READY=1 is sent.
     let addr = proc.addr("listening").await;
@@ -373,23 +278,13 @@ async fn socket_activation_uses_the_inherited_socket() {
             backend.addr
         ),
     );
-    let mut child = Command::new(activate)
+    let mut activated = Command::new(activate);
+    activated
         .arg("-l")
         .arg(format!("127.0.0.1:{port}"))
         .args(["-E", "RUST_LOG=info", BIN, "run", "-c"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let mut proc = Proc { child, lines };
+        .arg(&path);
+    let mut proc = Proc::spawn(activated);
     // The socket is systemd's (here: the activator's) before sluice runs.
     let t = Instant::now();
     let (status, _) = loop {

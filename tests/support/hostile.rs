@@ -32,7 +32,18 @@ impl Proc {
     /// hard), set by the shell's `ulimit -n` before it `exec`s sluice, so the
     /// child's pid is sluice's.
     pub fn start(config: &Path, nofile: Option<u32>) -> Proc {
-        let mut cmd = match nofile {
+        Proc::spawn(Proc::command(config, nofile))
+    }
+
+    /// `sluice run -c config` with `NOTIFY_SOCKET` set to `notify`.
+    pub fn start_notifying(config: &Path, notify: &Path) -> Proc {
+        let mut cmd = Proc::command(config, None);
+        cmd.env("NOTIFY_SOCKET", notify);
+        Proc::spawn(cmd)
+    }
+
+    fn command(config: &Path, nofile: Option<u32>) -> Command {
+        match nofile {
             Some(n) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
@@ -46,7 +57,12 @@ impl Proc {
                 c.args(["run", "-c"]).arg(config);
                 c
             }
-        };
+        }
+    }
+
+    /// Runs `cmd`, which runs sluice as the child's own pid (directly, or
+    /// by an `exec`), collecting its stderr.
+    pub fn spawn(mut cmd: Command) -> Proc {
         cmd.env("RUST_LOG", "info").stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
