@@ -38,6 +38,8 @@ pub struct Running {
     /// Sockets inherited from systemd socket activation, by address, not yet
     /// used by a listener.
     inherited: HashMap<SocketAddr, std::net::TcpListener>,
+    /// The ACME renewal task and the state it keeps served.
+    acme: Option<(Arc<crate::acme::Certs>, JoinHandle<()>)>,
 }
 
 impl Running {
@@ -55,10 +57,12 @@ impl Running {
             listeners: HashMap::new(),
             admin: None,
             inherited: inherited.0,
+            acme: None,
         };
         let config = running.shared.snapshot().config.clone();
         let prepared = running.prepare(&config).await?;
         running.commit(prepared);
+        running.sync_acme();
         Ok(running)
     }
 
@@ -202,12 +206,41 @@ impl Running {
     /// leaves the running listeners, admin and config exactly as they were.
     async fn try_reload(&mut self, path: &Path) -> Result<(), ReloadError> {
         let config = Config::load(path)?;
-        let snapshot = Snapshot::build(config)?;
+        let snapshot = Snapshot::build_after(config, Some(&self.shared.snapshot()))?;
         let config = snapshot.config.clone();
         let prepared = self.prepare(&config).await.map_err(ReloadError::Listen)?;
         self.shared.replace(snapshot);
         self.commit(prepared);
+        self.sync_acme();
         Ok(())
+    }
+
+    /// One ACME renewal task, for the current snapshot's `[tls.acme]`: kept
+    /// when a reload kept the state, replaced when it changed, stopped when
+    /// it went.
+    fn sync_acme(&mut self) {
+        let snapshot = self.shared.snapshot();
+        let wanted = snapshot.sites.as_ref().and_then(|s| s.acme()).cloned();
+        let same = match (&self.acme, &wanted) {
+            (Some((running, _)), Some(wanted)) => Arc::ptr_eq(running, wanted),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        if let Some((_, task)) = self.acme.take() {
+            task.abort();
+        }
+        if let Some(certs) = wanted {
+            let shared = self.shared.clone();
+            let task = tokio::spawn(crate::acme::renew(certs.clone(), move || {
+                shared
+                    .metrics
+                    .set_certificates(shared.snapshot().sites.as_deref());
+            }));
+            self.acme = Some((certs, task));
+        }
     }
 
     /// Stops accepting, sends Close 1001 on every tunnel, lets in-flight
@@ -215,6 +248,9 @@ impl Running {
     pub async fn drain(self, grace: Duration) -> DrainReport {
         let tunnels_before = self.shared.tunnels.live();
         self.shared.start_drain();
+        if let Some((_, task)) = &self.acme {
+            task.abort();
+        }
         for (_, (_, task)) in self.listeners {
             task.abort();
         }

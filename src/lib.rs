@@ -48,6 +48,7 @@
 //! unit-tested with plain values.
 #![warn(missing_debug_implementations)]
 
+pub mod acme;
 pub mod admin;
 pub mod backend;
 pub mod cli;

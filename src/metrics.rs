@@ -342,6 +342,13 @@ impl Metrics {
                 })
                 .set(site.not_after);
         }
+        if let Some(issued) = sites.and_then(|s| s.acme()?.current()) {
+            self.tls_certificate_expiry
+                .get_or_create(&FileLabel {
+                    file: issued.file.display().to_string(),
+                })
+                .set(issued.not_after);
+        }
     }
 
     pub fn connection_closed(&self, reason: CloseReason) {

@@ -166,6 +166,12 @@ async fn connection(
             Ok::<_, io::Error>(s)
         };
         match timeout_at(head_deadline, handshake).await {
+            Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) => {
+                // An ACME server's TLS-ALPN-01 validation: it has seen the
+                // challenge certificate, and speaks nothing after it.
+                tracing::info!(%peer, sni = s.get_ref().1.server_name(), "ACME TLS-ALPN-01 validation answered");
+                return;
+            }
             Ok(Ok(s)) => {
                 // The same choice the resolver made during the handshake.
                 cert = snapshot

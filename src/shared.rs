@@ -50,8 +50,22 @@ impl Snapshot {
     /// control, then certificates). Same path for `check`, `run` and reload,
     /// so they cannot disagree.
     pub fn build(config: Config) -> Result<Snapshot, ConfigError> {
+        Snapshot::build_after(config, None)
+    }
+
+    /// [`Snapshot::build`] for a reload: the ACME state of `previous` is
+    /// kept when `[tls.acme]` is unchanged (the certificate in memory, the
+    /// renewal task in the daemon).
+    pub fn build_after(
+        config: Config,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigError> {
         check_host(&config)?;
-        let (acceptor, sites) = match crate::tls::load(&config)? {
+        let acme =
+            config.tls.as_ref().and_then(|t| t.acme.as_ref()).map(|a| {
+                crate::acme::Certs::reuse(a, previous.and_then(|p| p.sites.as_ref()?.acme()))
+            });
+        let (acceptor, sites) = match crate::tls::load(&config, acme)? {
             Some(l) => (Some(TlsAcceptor::from(l.server_config)), Some(l.sites)),
             None => (None, None),
         };

@@ -35,28 +35,114 @@ pub struct Loaded {
 /// does not match its certificate, an expired certificate, or a name two
 /// certificates claim; warns (one log line) on one expiring within
 /// [`EXPIRY_WARNING`].
-pub fn load(config: &Config) -> Result<Option<Loaded>, ConfigError> {
+pub fn load(
+    config: &Config,
+    acme: Option<Arc<crate::acme::Certs>>,
+) -> Result<Option<Loaded>, ConfigError> {
     let Some(tls) = &config.tls else {
         return Ok(None);
     };
     let provider = server_provider();
     let now = SystemTime::now();
     let mut sites = Sites::default();
-    let files = std::iter::once((&tls.cert, &tls.key))
-        .chain(tls.certificates.iter().map(|c| (&c.cert, &c.key)));
-    for (cert, key) in files {
-        let site = load_site(&config.path, cert, key, &provider, now)?;
-        sites.add(&config.path, cert, site)?;
+    for files in &tls.files {
+        let site = load_site(&config.path, &files.cert, &files.key, &provider, now)?;
+        sites.add(&config.path, &files.cert, site)?;
+    }
+    if let Some(certs) = acme {
+        // One certificate per name, as between files.
+        for name in &certs.config.domains {
+            if let Some(&i) = sites.exact.get(name) {
+                return Err(certs.config.domains_at.error(
+                    &config.path,
+                    format!(
+                        "{name} is claimed by both {} and [tls.acme]: a name may be claimed by one certificate only",
+                        sites.sites[i].file.display()
+                    ),
+                ));
+            }
+        }
+        sites.acme = Some(certs);
     }
     let sites = Arc::new(sites);
+    let at = tls.files.first().map_or(
+        &tls.acme
+            .as_ref()
+            .expect("resolve: files or acme")
+            .domains_at
+            .key,
+        |f| &f.key.key,
+    );
     let server_config = server_config_with(provider, sites.clone()).map_err(|e| {
-        tls.key
-            .error(&config.path, format!("cannot build the TLS config: {e}"))
+        ConfigError::new(
+            &config.path,
+            None,
+            at.clone(),
+            format!("cannot build the TLS config: {e}"),
+        )
     })?;
     Ok(Some(Loaded {
         server_config,
         sites,
     }))
+}
+
+/// What sluice reads off a leaf certificate.
+#[derive(Debug)]
+pub struct Leaf {
+    /// SAN DNS names, lower case, wildcards as `*.suffix`.
+    pub names: Vec<String>,
+    /// notBefore and notAfter, Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// notAfter as the certificate writes it, for messages.
+    pub not_after_text: String,
+}
+
+impl Leaf {
+    pub fn parse(der: &CertificateDer<'_>) -> Result<Leaf, String> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+        let mut names = Vec::new();
+        if let Ok(Some(san)) = parsed.subject_alternative_name() {
+            for n in &san.value.general_names {
+                if let x509_parser::extensions::GeneralName::DNSName(dns) = n {
+                    names.push(dns.trim_end_matches('.').to_ascii_lowercase());
+                }
+            }
+        }
+        Ok(Leaf {
+            names,
+            not_before: parsed.validity().not_before.timestamp(),
+            not_after: parsed.validity().not_after.timestamp(),
+            not_after_text: parsed.validity().not_after.to_string(),
+        })
+    }
+}
+
+/// A key sluice can sign handshakes with.
+pub fn signing_key(
+    private: PrivateKeyDer<'static>,
+) -> Result<Arc<dyn rustls::sign::SigningKey>, String> {
+    server_provider()
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| format!("unsupported private key: {e}"))
+}
+
+/// A chain and its key, ready to serve; fails on a key of a kind the
+/// provider cannot sign with, or one that does not match the leaf.
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    private: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, String> {
+    let certified = CertifiedKey::new(chain, signing_key(private)?);
+    match certified.keys_match() {
+        // aws-lc-rs can always tell; another provider might not.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(Arc::new(certified))
+        }
+        Err(_) => Err("the private key does not match the certificate".to_owned()),
+    }
 }
 
 /// One certificate ready to serve: the chain and key, its SAN DNS names
@@ -93,13 +179,13 @@ fn load_site(
             format!("no certificate found in {}", cert_path.display()),
         ));
     };
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(|e| {
+    let leaf = Leaf::parse(leaf).map_err(|e| {
         cert.error(
             file,
             format!("cannot parse certificate {}: {e}", cert_path.display()),
         )
     })?;
-    let not_after = parsed.validity().not_after.timestamp();
+    let not_after = leaf.not_after;
     let now_secs = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -110,7 +196,7 @@ fn load_site(
             format!(
                 "certificate {} expired {} ({} days ago)",
                 cert_path.display(),
-                parsed.validity().not_after,
+                leaf.not_after_text,
                 -left / 86_400
             ),
         ));
@@ -120,17 +206,9 @@ fn load_site(
             key = %cert.key,
             file = %cert_path.display(),
             days_left = left / 86_400,
-            not_after = %parsed.validity().not_after,
+            not_after = %leaf.not_after_text,
             "certificate expires within 14 days"
         );
-    }
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = parsed.subject_alternative_name() {
-        for n in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(dns) = n {
-                names.push(dns.trim_end_matches('.').to_ascii_lowercase());
-            }
-        }
     }
     let key_path = &key.value;
     // PrivateKeyDer's PEM reader accepts PKCS#8, PKCS#1 (RSA) and SEC1 (EC).
@@ -166,7 +244,7 @@ fn load_site(
     }
     Ok(Site {
         key: Arc::new(certified),
-        names,
+        names: leaf.names,
         file: cert_path.clone(),
         not_after,
     })
@@ -183,7 +261,12 @@ pub struct Sites {
     /// `example.com`) → index into `sites`.
     exact: HashMap<String, usize>,
     wildcard: HashMap<String, usize>,
+    /// `[tls.acme]`'s names and certificate, which change without a reload.
+    acme: Option<Arc<crate::acme::Certs>>,
 }
+
+/// What [`Sites::pick`] returns for the ACME certificate.
+pub const ACME_SITE: usize = usize::MAX;
 
 impl Sites {
     fn add(&mut self, file: &Path, at: &Located<PathBuf>, site: Site) -> Result<(), ConfigError> {
@@ -211,17 +294,24 @@ impl Sites {
         Ok(())
     }
 
-    /// The certificates, default first.
+    /// The certificates from files, default first.
     pub fn sites(&self) -> &[Site] {
         &self.sites
     }
 
-    /// The index of the certificate served for `name` (an SNI or a
-    /// request's host, lower case, no port): exact, then wildcard, then
-    /// the default (0).
+    /// The ACME state, with `[tls.acme]`.
+    pub fn acme(&self) -> Option<&Arc<crate::acme::Certs>> {
+        self.acme.as_ref()
+    }
+
+    /// The certificate served for `name` (an SNI or a request's host, no
+    /// port): an index into [`Sites::sites`], or [`ACME_SITE`]. Exact file
+    /// names, then the ACME names, then wildcards, then the default (the
+    /// first file; ACME's certificate when there are no files).
     pub fn pick(&self, name: Option<&str>) -> usize {
-        let Some(name) = name.filter(|_| self.sites.len() > 1) else {
-            return 0;
+        let fallback = if self.sites.is_empty() { ACME_SITE } else { 0 };
+        let Some(name) = name.filter(|_| self.sites.len() > 1 || self.acme.is_some()) else {
+            return fallback;
         };
         let name = name.trim_end_matches('.');
         let lower;
@@ -234,9 +324,12 @@ impl Sites {
         if let Some(&i) = self.exact.get(name) {
             return i;
         }
+        if self.acme.as_ref().is_some_and(|a| a.covers(name)) {
+            return ACME_SITE;
+        }
         name.split_once('.')
             .and_then(|(_, suffix)| self.wildcard.get(suffix).copied())
-            .unwrap_or(0)
+            .unwrap_or(fallback)
     }
 
     /// Whether a request for `host` may be served on a connection whose
@@ -244,15 +337,36 @@ impl Sites {
     /// been given the same certificate (RFC 9110 §15.5.20, so h2 connection
     /// coalescing cannot reach another site). With one certificate, always.
     pub fn serves(&self, served: usize, host: Option<&str>) -> bool {
-        self.sites.len() <= 1 || self.pick(host) == served
+        (self.sites.len() <= 1 && self.acme.is_none()) || self.pick(host) == served
     }
 }
 
 impl ResolvesServerCert for Sites {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.sites
-            .get(self.pick(hello.server_name()))
-            .map(|s| s.key.clone())
+        // A TLS-ALPN-01 validation offers only acme-tls/1 (RFC 8737 §3)
+        // and gets the challenge certificate, or no handshake.
+        let validation = hello
+            .alpn()
+            .is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN));
+        if validation {
+            let acme = self.acme.as_ref()?;
+            return acme.challenge_certificate(hello.server_name()?);
+        }
+        match self.pick(hello.server_name()) {
+            ACME_SITE => {
+                // Before the first issuance, or for a name the stored
+                // certificate lacks: no handshake (never another site's).
+                let issued = self.acme.as_ref()?.current()?;
+                let name = hello
+                    .server_name()
+                    .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+                match name {
+                    Some(n) if !issued.names.contains(&n) => None,
+                    _ => Some(issued.key.clone()),
+                }
+            }
+            i => self.sites.get(i).map(|s| s.key.clone()),
+        }
     }
 }
 
@@ -303,13 +417,27 @@ pub fn server_config(
 /// A server config choosing certificates with `resolver`.
 fn server_config_with(
     provider: rustls::crypto::CryptoProvider,
-    resolver: Arc<dyn ResolvesServerCert>,
+    sites: Arc<Sites>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let alpn_01 = sites
+        .acme
+        .as_ref()
+        .is_some_and(|a| a.config.challenge == crate::config::AcmeChallenge::TlsAlpn01);
     let config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(resolver);
-    finish(config)
+        .with_cert_resolver(sites);
+    let mut config = finish(config)?;
+    if alpn_01 {
+        // Chosen only by a client that offers nothing else: the CA's
+        // validation. The server closes such a connection after the
+        // handshake.
+        Arc::get_mut(&mut config)
+            .expect("not shared yet")
+            .alpn_protocols
+            .push(crate::acme::ACME_TLS_ALPN.to_vec());
+    }
+    Ok(config)
 }
 
 /// ALPN (h2, http/1.1), the server's cipher order and resumption.

@@ -65,14 +65,58 @@ pub struct Server {
 
 #[derive(Debug, Clone)]
 pub struct Tls {
-    /// The default certificate: `[tls]`'s pair, or the first
-    /// `[[tls.certificate]]` when `[tls]` has none. Resolved against the
-    /// config file's directory when relative.
-    pub cert: Located<PathBuf>,
-    pub key: Located<PathBuf>,
-    /// The other `[[tls.certificate]]` entries, in file order; each serves
-    /// the DNS names in its SAN, chosen by SNI.
-    pub certificates: Vec<CertificateFiles>,
+    /// Certificates from files, the default first: `[tls]`'s pair, then the
+    /// `[[tls.certificate]]` entries in file order (resolved against the
+    /// config file's directory when relative); each serves the DNS names in
+    /// its SAN, chosen by SNI. Empty only when `acme` is set.
+    pub files: Vec<CertificateFiles>,
+    /// `[tls.acme]`: one certificate for `domains`, obtained and renewed
+    /// over ACME.
+    pub acme: Option<Acme>,
+}
+
+/// `[tls.acme]`, validated.
+#[derive(Debug, Clone)]
+pub struct Acme {
+    /// Lower-case DNS names, no wildcard (that needs DNS-01); the order's
+    /// identifiers and the certificate's SAN.
+    pub domains: Vec<String>,
+    pub email: Option<String>,
+    /// The ACME directory URL (https).
+    pub directory: String,
+    /// A PEM root the directory's TLS is checked against instead of the
+    /// system roots (a private ACME server).
+    pub directory_ca: Option<PathBuf>,
+    pub challenge: AcmeChallenge,
+    /// HTTP-01 on its own listener rather than on `listen_plain`.
+    pub http01_listen: Option<SocketAddr>,
+    /// Account key and certificates.
+    pub storage: PathBuf,
+    /// `tls.acme.domains`, for errors about the names.
+    pub domains_at: Located<()>,
+}
+
+impl Acme {
+    /// Whether `other` asks for the same account, order and challenge, so a
+    /// reload keeps the certificate and the task that renews it.
+    pub fn same_as(&self, other: &Acme) -> bool {
+        self.domains == other.domains
+            && self.email == other.email
+            && self.directory == other.directory
+            && self.directory_ca == other.directory_ca
+            && self.challenge == other.challenge
+            && self.http01_listen == other.http01_listen
+            && self.storage == other.storage
+    }
+}
+
+/// How sluice proves control of its names to the ACME server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// RFC 8737, on the TLS listeners (port 443).
+    TlsAlpn01,
+    /// RFC 8555 §8.3, on the plain listeners or `http01_listen` (port 80).
+    Http01,
 }
 
 /// One certificate chain and its key, as files.

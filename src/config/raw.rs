@@ -68,6 +68,21 @@ pub struct RawTls {
     /// `[[tls.certificate]]`: more certificates, chosen by SNI.
     #[serde(default)]
     pub certificate: Vec<RawCertificate>,
+    /// `[tls.acme]`: certificates obtained and renewed over ACME.
+    pub acme: Option<RawAcme>,
+}
+
+/// `[tls.acme]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub domains: SpannedList,
+    pub email: Option<Spanned<String>>,
+    pub directory: Option<Spanned<String>>,
+    pub directory_ca: Option<Spanned<String>>,
+    pub challenge: Option<Spanned<String>>,
+    pub http01_listen: Option<Spanned<String>>,
+    pub storage: Option<Spanned<String>>,
 }
 
 /// One `[[tls.certificate]]`.

@@ -20,11 +20,18 @@ use toml::Spanned;
 use super::error::{self, ConfigError};
 use super::host::{Backend, HostMatch, OriginPattern};
 use super::model::{
-    BackendTls, Balance, CertificateFiles, Config, HealthCheck, Limits, Located, OnMessageRate,
-    Route, Server, Tls, WebSocketPolicy,
+    Acme, AcmeChallenge, BackendTls, Balance, CertificateFiles, Config, HealthCheck, Limits,
+    Located, OnMessageRate, Route, Server, Tls, WebSocketPolicy,
 };
-use super::raw::{RawConfig, RawLimits, RawRoute, RawServer, RawTls, RawWebSocket, SpannedList};
+use super::raw::{
+    RawAcme, RawConfig, RawLimits, RawRoute, RawServer, RawTls, RawWebSocket, SpannedList,
+};
 use super::values::{parse_proxy, HumanDuration};
+
+/// Let's Encrypt's production directory: `[tls.acme]`'s default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Where ACME accounts and certificates live unless `storage` says.
+pub const ACME_STORAGE: &str = "/var/lib/sluice/acme";
 
 /// `raw`, parsed from `text`, as a [`Config`]; `file` names it in errors and
 /// anchors relative paths.
@@ -64,7 +71,7 @@ impl Source<'_> {
 
     fn resolve(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let server = self.server(&raw.server)?;
-        let tls = raw.tls.as_ref().map(|t| self.tls(t)).transpose()?;
+        let tls = raw.tls.as_ref().map(|t| self.tls(t, &server)).transpose()?;
         if let (Some(listen), None) = (&raw.server.listen, &tls) {
             if !listen.get_ref().is_empty() {
                 return Err(self.err_at(
@@ -221,43 +228,176 @@ impl Source<'_> {
         })
     }
 
-    fn tls(&self, raw: &RawTls) -> Result<Tls, ConfigError> {
-        let mut certificates = raw
-            .certificate
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                Ok(CertificateFiles {
-                    cert: self.locate(&c.cert, format!("tls.certificate[{i}].cert"))?,
-                    key: self.locate(&c.key, format!("tls.certificate[{i}].key"))?,
-                })
-            })
-            .collect::<Result<Vec<_>, ConfigError>>()?;
+    fn tls(&self, raw: &RawTls, server: &Server) -> Result<Tls, ConfigError> {
+        let mut files = Vec::new();
         let missing = |key: &str| {
             ConfigError::new(
                 self.file,
                 error::header_line(self.text, "tls"),
                 key,
-                "missing required key (or give the certificates as [[tls.certificate]])",
+                "missing required key (or give the certificates as [[tls.certificate]] or [tls.acme])",
             )
         };
-        let (cert, key) = match (&raw.cert, &raw.key) {
-            (Some(cert), Some(key)) => (
-                self.locate(cert, "tls.cert".to_owned())?,
-                self.locate(key, "tls.key".to_owned())?,
-            ),
+        match (&raw.cert, &raw.key) {
+            (Some(cert), Some(key)) => files.push(CertificateFiles {
+                cert: self.locate(cert, "tls.cert".to_owned())?,
+                key: self.locate(key, "tls.key".to_owned())?,
+            }),
             (Some(_), None) => return Err(missing("tls.key")),
             (None, Some(_)) => return Err(missing("tls.cert")),
-            (None, None) if !certificates.is_empty() => {
-                let first = certificates.remove(0);
-                (first.cert, first.key)
+            (None, None) => {}
+        }
+        for (i, c) in raw.certificate.iter().enumerate() {
+            files.push(CertificateFiles {
+                cert: self.locate(&c.cert, format!("tls.certificate[{i}].cert"))?,
+                key: self.locate(&c.key, format!("tls.certificate[{i}].key"))?,
+            });
+        }
+        let acme = raw
+            .acme
+            .as_ref()
+            .map(|a| self.acme(a, server))
+            .transpose()?;
+        if files.is_empty() && acme.is_none() {
+            return Err(missing("tls.cert"));
+        }
+        Ok(Tls { files, acme })
+    }
+
+    fn acme(&self, raw: &RawAcme, server: &Server) -> Result<Acme, ConfigError> {
+        let mut domains: Vec<String> = Vec::new();
+        for (i, d) in raw.domains.get_ref().iter().enumerate() {
+            let key = format!("tls.acme.domains[{i}]");
+            let name = d.get_ref().trim_end_matches('.').to_ascii_lowercase();
+            if name.starts_with("*.") {
+                return Err(self.err_at(
+                    d,
+                    key,
+                    "wildcard names need the DNS-01 challenge, which sluice does not do: list each name",
+                ));
             }
-            (None, None) => return Err(missing("tls.cert")),
+            if name.parse::<std::net::IpAddr>().is_ok() {
+                return Err(self.err_at(d, key, "an IP address, not a DNS name"));
+            }
+            super::host::check_dns_name(&name).map_err(|e| self.err_at(d, key.clone(), e))?;
+            if domains.contains(&name) {
+                return Err(self.err_at(d, key, format!("{name} is listed twice")));
+            }
+            domains.push(name);
+        }
+        if domains.is_empty() {
+            return Err(self.err_at(&raw.domains, "tls.acme.domains", "must not be empty"));
+        }
+        let email = match &raw.email {
+            None => None,
+            Some(e) => {
+                let v = e.get_ref().trim();
+                let v = v.strip_prefix("mailto:").unwrap_or(v);
+                if !v.contains('@') || v.contains(char::is_whitespace) {
+                    return Err(self.err_at(
+                        e,
+                        "tls.acme.email",
+                        format!("{v:?} is not an email address"),
+                    ));
+                }
+                Some(v.to_owned())
+            }
         };
-        Ok(Tls {
-            cert,
-            key,
-            certificates,
+        let directory = match &raw.directory {
+            None => LETS_ENCRYPT.to_owned(),
+            Some(d) => {
+                let v = d.get_ref();
+                let ok = v
+                    .strip_prefix("https://")
+                    .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+                if !ok {
+                    return Err(self.err_at(
+                        d,
+                        "tls.acme.directory",
+                        format!("{v:?}: the directory must be an https:// URL"),
+                    ));
+                }
+                v.clone()
+            }
+        };
+        let directory_ca = match &raw.directory_ca {
+            Some(p) if !p.get_ref().is_empty() => {
+                Some(self.locate(p, "tls.acme.directory_ca".to_owned())?.value)
+            }
+            _ => None,
+        };
+        let challenge = match raw.challenge.as_ref().map(|c| (c, c.get_ref().as_str())) {
+            None | Some((_, "tls-alpn-01")) => AcmeChallenge::TlsAlpn01,
+            Some((_, "http-01")) => AcmeChallenge::Http01,
+            Some((c, other)) => {
+                return Err(self.err_at(
+                    c,
+                    "tls.acme.challenge",
+                    format!("unknown challenge {other:?}: expected \"tls-alpn-01\" or \"http-01\""),
+                ))
+            }
+        };
+        let http01_listen = match &raw.http01_listen {
+            Some(l) if !l.get_ref().is_empty() => {
+                let addr: SocketAddr = l.get_ref().parse().map_err(|_| {
+                    self.err_at(
+                        l,
+                        "tls.acme.http01_listen",
+                        format!("invalid address {:?}: expected IP:PORT", l.get_ref()),
+                    )
+                })?;
+                if challenge != AcmeChallenge::Http01 {
+                    return Err(self.err_at(
+                        l,
+                        "tls.acme.http01_listen",
+                        "only used with challenge = \"http-01\"",
+                    ));
+                }
+                if server.listen.contains(&addr) || server.listen_plain.contains(&addr) {
+                    return Err(self.err_at(
+                        l,
+                        "tls.acme.http01_listen",
+                        format!("{addr} is already a listener (leave http01_listen out to answer HTTP-01 on listen_plain)"),
+                    ));
+                }
+                Some(addr)
+            }
+            _ => None,
+        };
+        let at = raw.challenge.as_ref().map_or_else(
+            || ("tls.acme.domains", raw.domains.span()),
+            |c| ("tls.acme.challenge", c.span()),
+        );
+        match challenge {
+            AcmeChallenge::TlsAlpn01 if server.listen.is_empty() => {
+                return Err(self.err(
+                    at.1,
+                    at.0,
+                    "the tls-alpn-01 challenge is answered on the TLS listeners: set server.listen (port 443)",
+                ))
+            }
+            AcmeChallenge::Http01 if server.listen_plain.is_empty() && http01_listen.is_none() => {
+                return Err(self.err(
+                    at.1,
+                    at.0,
+                    "the http-01 challenge needs a plain listener: set server.listen_plain (port 80) or tls.acme.http01_listen",
+                ))
+            }
+            _ => {}
+        }
+        let storage = match &raw.storage {
+            Some(s) => self.locate(s, "tls.acme.storage".to_owned())?.value,
+            None => PathBuf::from(ACME_STORAGE),
+        };
+        Ok(Acme {
+            domains,
+            email,
+            directory,
+            directory_ca,
+            challenge,
+            http01_listen,
+            storage,
+            domains_at: self.place(&raw.domains, "tls.acme.domains".to_owned()),
         })
     }
 
@@ -703,11 +843,17 @@ backends = ["name:1"]
         );
 
         let tls = c.tls.as_ref().unwrap();
-        assert_eq!(tls.cert.value, Path::new("/etc/sluice/certs/example.pem"));
-        assert_eq!((tls.cert.line, tls.cert.key.as_str()), (12, "tls.cert"));
-        assert_eq!(tls.key.value, Path::new("/abs/example-key.pem"));
         assert_eq!(
-            tls.key.error(&c.path, "no key found").to_string(),
+            tls.files[0].cert.value,
+            Path::new("/etc/sluice/certs/example.pem")
+        );
+        assert_eq!(
+            (tls.files[0].cert.line, tls.files[0].cert.key.as_str()),
+            (12, "tls.cert")
+        );
+        assert_eq!(tls.files[0].key.value, Path::new("/abs/example-key.pem"));
+        assert_eq!(
+            tls.files[0].key.error(&c.path, "no key found").to_string(),
             "/etc/sluice/sluice.toml:13: tls.key: no key found"
         );
 
@@ -784,7 +930,10 @@ backends = ["name:1"]
         for (file, cert, key) in cases {
             let tls = Config::parse(&text, Path::new(file)).unwrap().tls.unwrap();
             assert_eq!(
-                (tls.cert.value.as_path(), tls.key.value.as_path()),
+                (
+                    tls.files[0].cert.value.as_path(),
+                    tls.files[0].key.value.as_path()
+                ),
                 (Path::new(cert), Path::new(key)),
                 "{file}"
             );
@@ -828,16 +977,19 @@ backends = ["name:1"]
         );
         let tls = c.tls.unwrap();
         assert!(
-            tls.cert.value.ends_with("config/../certs/dev.pem"),
+            tls.files[0].cert.value.ends_with("config/../certs/dev.pem"),
             "{:?}",
-            tls.cert.value
+            tls.files[0].cert.value
         );
         assert!(
-            tls.key.value.ends_with("config/../certs/dev-key.pem"),
+            tls.files[0]
+                .key
+                .value
+                .ends_with("config/../certs/dev-key.pem"),
             "{:?}",
-            tls.key.value
+            tls.files[0].key.value
         );
-        let more: Vec<_> = tls.certificates.iter().map(|c| (&c.cert, &c.key)).collect();
+        let more: Vec<_> = tls.files[1..].iter().map(|c| (&c.cert, &c.key)).collect();
         assert_eq!(more.len(), 1);
         assert!(more[0].0.value.ends_with("config/../certs/chat.pem"));
         assert_eq!(more[0].0.key, "tls.certificate[0].cert");
@@ -856,10 +1008,10 @@ backends = ["name:1"]
             .unwrap()
             .tls
             .unwrap();
-        assert_eq!(tls.cert.value, Path::new("/e/a.pem"));
-        assert_eq!(tls.cert.key, "tls.certificate[0].cert");
-        assert_eq!(tls.certificates.len(), 1);
-        assert_eq!(tls.certificates[0].key.key, "tls.certificate[1].key");
+        assert_eq!(tls.files[0].cert.value, Path::new("/e/a.pem"));
+        assert_eq!(tls.files[0].cert.key, "tls.certificate[0].cert");
+        assert_eq!(tls.files.len(), 2);
+        assert_eq!(tls.files[1].key.key, "tls.certificate[1].key");
         let err =
             Config::parse(&format!("[tls]\n{SERVER}{ROUTE}"), Path::new("s.toml")).unwrap_err();
         assert_eq!((err.line, err.key.as_str()), (Some(1), "tls.cert"));

@@ -69,6 +69,9 @@ async fn route_request(
     ctx: &ConnCtx,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
+    if let Some(answer) = acme_http01(ctx, &req) {
+        return Ok(answer);
+    }
     let extended_connect = req.extensions().get::<hyper::ext::Protocol>().is_some();
     if req.method() == Method::CONNECT && !extended_connect {
         return Err(ProxyError::MethodNotAllowed);
@@ -103,6 +106,24 @@ async fn route_request(
         return upgrade::handle(ctx, &picked, host.as_deref(), req).await;
     }
     forward::handle(ctx, &picked, host.as_deref(), req).await
+}
+
+/// An HTTP-01 validation of an ACME order in progress, on a plain
+/// listener: answered here, before routing. A token sluice does not know
+/// goes to the routes like any request (a backend may run its own ACME).
+fn acme_http01(ctx: &ConnCtx, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let path = req.uri().path();
+    if ctx.conn.tls
+        || !path.starts_with(crate::acme::HTTP01_PREFIX)
+        || !matches!(*req.method(), Method::GET | Method::HEAD)
+    {
+        return None;
+    }
+    let certs = ctx.snapshot.sites.as_ref()?.acme()?;
+    let token = &path[crate::acme::HTTP01_PREFIX.len()..];
+    certs.http01_answer(token)?;
+    tracing::info!(peer = %ctx.conn.peer, token, "ACME HTTP-01 validation answered");
+    Some(crate::acme::answer_http01(certs, path).map(http_body_util::Either::Right))
 }
 
 /// Replaces the request's path, keeping its query (and on h2 its scheme and
