@@ -40,7 +40,10 @@ fn main() -> ExitCode {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = sluice::config::Config::load(path)?;
-    sluice::shared::Snapshot::build(config)?;
+    let snapshot = sluice::shared::Snapshot::build(config)?;
+    if let Some(acme) = snapshot.sites.as_ref().and_then(|s| s.acme()) {
+        println!("{}", acme.describe(std::time::SystemTime::now()));
+    }
     println!("config ok");
     Ok(())
 }

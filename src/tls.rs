@@ -65,14 +65,11 @@ pub fn load(
         sites.acme = Some(certs);
     }
     let sites = Arc::new(sites);
-    let at = tls.files.first().map_or(
-        &tls.acme
-            .as_ref()
-            .expect("resolve: files or acme")
-            .domains_at
-            .key,
-        |f| &f.key.key,
-    );
+    let at = match (tls.files.first(), &tls.acme) {
+        (Some(f), _) => f.key.key.clone(),
+        (None, Some(a)) => a.domains_at.key.clone(),
+        (None, None) => "tls".to_owned(),
+    };
     let server_config = server_config_with(provider, sites.clone()).map_err(|e| {
         ConfigError::new(
             &config.path,

@@ -389,6 +389,100 @@ async fn http_01_on_the_plain_listener_beside_a_default_certificate() {
     assert_eq!(status, 200, "routed to the backend");
 }
 
+/// HTTP-01 on `http01_listen`, a listener of its own; a reload that keeps
+/// `[tls.acme]` keeps the certificate and the one renewal task (the
+/// challenge listener is not bound twice); `sluice check` says what is
+/// stored and when it renews.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_listen_a_reload_and_check() {
+    let backend = HttpEcho::start().await;
+    let (http01, tls_port) = (free_port(), free_port());
+    let pebble = Pebble::start(http01, tls_port);
+    let storage = pebble.dir.join("acme");
+    let body = format!(
+        "[server]\nlisten = [\"127.0.0.1:{tls_port}\"]\n\n\
+         [[route]]\nbackends = [\"{}\"]\n\n[tls]\n{}http01_listen = \"127.0.0.1:{http01}\"\n",
+        backend.addr,
+        acme_section(
+            &pebble,
+            &storage,
+            "\"a.sluice.test\", \"b.sluice.test\"",
+            "http-01"
+        )
+    );
+    let (_dir, config) = write_config(&body);
+    let check = Command::new(support::hostile::BIN)
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(check.status.success(), "{said}");
+    assert!(
+        said.contains("no certificate stored") && said.contains(&pebble.directory),
+        "{said}"
+    );
+
+    let sluice = Proc::start(&config, None);
+    sluice.wait_line("sluice ready", 1).await;
+    sluice.wait_line("HTTP-01 challenge listener up", 1).await;
+    let addr: SocketAddr = ([127, 0, 0, 1], tls_port).into();
+    let client = pebble.client().await;
+    let serial = wait_for_certificate(
+        &client,
+        addr,
+        "a.sluice.test",
+        None,
+        Duration::from_secs(60),
+        &sluice,
+    )
+    .await;
+    // One certificate for both names.
+    assert_eq!(
+        served_serial(&client, addr, "b.sluice.test").await.unwrap(),
+        serial
+    );
+    assert_eq!(
+        sluice
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("ACME HTTP-01 validation answered"))
+            .count(),
+        0,
+        "validations went to http01_listen, not through the proxy's plain path"
+    );
+
+    sluice.signal("HUP");
+    sluice.wait_line("config reloaded", 1).await;
+    assert_eq!(
+        served_serial(&client, addr, "a.sluice.test").await.unwrap(),
+        serial
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ups = sluice
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("HTTP-01 challenge listener up"))
+        .count();
+    assert_eq!(ups, 1, "the reload kept the renewal task");
+
+    let check = Command::new(support::hostile::BIN)
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(
+        said.contains("a.sluice.test.pem serves a.sluice.test, b.sluice.test"),
+        "{said}"
+    );
+    assert!(said.contains("renewal in"), "{said}");
+}
+
 /// A directory that is down, and one that answers something that is not a
 /// directory: one log line per attempt naming the URL; sluice serves what
 /// it has (the default file) and fails the handshake for the ACME name.
@@ -480,4 +574,31 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// A name both a certificate file and `[tls.acme]` claim: `check` refuses
+/// it, naming the line of `tls.acme.domains` and the file.
+#[test]
+fn a_name_claimed_by_a_file_and_acme_is_refused() {
+    let file = TestCert::new();
+    let body = format!(
+        "[server]\nlisten = [\"127.0.0.1:8443\"]\n[[route]]\nbackends = [\"127.0.0.1:9\"]\n\
+         [tls]\ncert = \"{}\"\nkey = \"{}\"\n[tls.acme]\ndomains = [\"localhost\"]\nstorage = \"{}\"\n",
+        file.cert_path.display(),
+        file.key_path.display(),
+        file.dir.join("acme").display()
+    );
+    let (_dir, config) = write_config(&body);
+    let out = Command::new(support::hostile::BIN)
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(":9: tls.acme.domains: localhost is claimed by both")
+            && err.contains(&file.cert_path.display().to_string()),
+        "{err}"
+    );
 }

@@ -138,6 +138,33 @@ impl Certs {
         }
     }
 
+    /// One line for `sluice check`: what is stored and when it renews, or
+    /// that a certificate will be ordered.
+    pub fn describe(&self, now: SystemTime) -> String {
+        let now = unix(now);
+        let days = |t: i64| (t - now) as f64 / 86_400.0;
+        match self.current() {
+            Some(issued) => format!(
+                "tls.acme: {} serves {} until notAfter {} ({:.1} days); renewal {}",
+                issued.file.display(),
+                issued.names.join(", "),
+                issued.not_after,
+                days(issued.not_after),
+                if issued.covers(&self.config.domains) {
+                    format!("in {:.1} days", days(issued.renew_at()).max(0.0))
+                } else {
+                    "at start: it lacks a name of tls.acme.domains".to_owned()
+                }
+            ),
+            None => format!(
+                "tls.acme: no certificate stored under {} yet for {}; ordered from {} when sluice starts",
+                self.config.storage.display(),
+                self.config.domains.join(", "),
+                self.config.directory
+            ),
+        }
+    }
+
     fn install(&self, issued: Issued) {
         self.issued.store(Some(Arc::new(issued)));
     }

@@ -739,6 +739,65 @@ mod tests {
         assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
     }
 
+    /// `[tls.acme]`: each bad snippet names its line and key; a good one
+    /// resolves with the documented defaults.
+    #[test]
+    fn acme_section() {
+        // Two lines each, like SERVER and ROUTE.
+        const TLS_SERVER: &str = "[server]\nlisten = [\"127.0.0.1:8443\"]\n";
+        let acme = |body: &str| format!("{TLS_SERVER}{ROUTE}[tls.acme]\n{body}");
+        let cases: Vec<(String, usize, &str, &str)> = vec![
+            (acme("domains = []\n"), 6, "tls.acme.domains", "must not be empty"),
+            (acme("domains = [\"*.example.com\"]\n"), 6, "tls.acme.domains[0]", "DNS-01"),
+            (acme("domains = [\"a.example.com\", \"A.example.com\"]\n"), 6, "tls.acme.domains[1]", "listed twice"),
+            (acme("domains = [\"10.0.0.1\"]\n"), 6, "tls.acme.domains[0]", "IP address"),
+            (acme("domains = [\"a b\"]\n"), 6, "tls.acme.domains[0]", "invalid host name"),
+            (acme("domains = [\"a.example.com\"]\nemail = \"ops\"\n"), 7, "tls.acme.email", "not an email address"),
+            (acme("domains = [\"a.example.com\"]\ndirectory = \"http://acme.example/dir\"\n"), 7, "tls.acme.directory", "https://"),
+            (acme("domains = [\"a.example.com\"]\nchallenge = \"dns-01\"\n"), 7, "tls.acme.challenge", "unknown challenge"),
+            (acme("domains = [\"a.example.com\"]\nhttp01_listen = \"127.0.0.1:80\"\n"), 7, "tls.acme.http01_listen", "only used with challenge = \"http-01\""),
+            (acme("domains = [\"a.example.com\"]\nchallenge = \"http-01\"\nhttp01_listen = \"nowhere\"\n"), 8, "tls.acme.http01_listen", "expected IP:PORT"),
+            (acme("domains = [\"a.example.com\"]\nchallenge = \"http-01\"\n"), 7, "tls.acme.challenge", "needs a plain listener"),
+            (acme("domains = [\"a.example.com\"]\nstorage = \"\"\n"), 7, "tls.acme.storage", "empty path"),
+            (acme("domain = [\"a.example.com\"]\n"), 6, "tls.acme.domain", "unknown key"),
+            (format!("{SERVER}{ROUTE}[tls.acme]\ndomains = [\"a.example.com\"]\n"), 6, "tls.acme.domains", "set server.listen"),
+        ];
+        let mut wrong = Vec::new();
+        for (text, line, key, problem) in &cases {
+            match parse(text) {
+                Ok(_) => wrong.push(format!("{text}\n=> accepted")),
+                Err(err) => {
+                    if (err.line, err.key.as_str()) != (Some(*line), *key)
+                        || !err.problem.contains(problem)
+                    {
+                        wrong.push(format!("{text}\n=> {err}\nwanted line {line}, key {key}, problem with {problem:?}"));
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+
+        let c = parse(&acme("domains = [\"Chat.Example.com.\"]\n")).unwrap();
+        let tls = c.tls.unwrap();
+        assert!(
+            tls.files.is_empty(),
+            "no certificate file is needed with ACME"
+        );
+        let a = tls.acme.unwrap();
+        assert_eq!(a.domains, ["chat.example.com"]);
+        assert_eq!(a.directory, LETS_ENCRYPT);
+        assert_eq!(a.challenge, AcmeChallenge::TlsAlpn01);
+        assert_eq!(a.storage, Path::new(ACME_STORAGE));
+        let c = Config::parse(
+            &format!("{SERVER}{ROUTE}[tls.acme]\ndomains = [\"a.example.com\"]\nchallenge = \"http-01\"\nemail = \"mailto:ops@example.com\"\nstorage = \"acme\"\n"),
+            Path::new("/etc/sluice/sluice.toml"),
+        )
+        .unwrap();
+        let a = c.tls.unwrap().acme.unwrap();
+        assert_eq!(a.email.as_deref(), Some("ops@example.com"));
+        assert_eq!(a.storage, Path::new("/etc/sluice/acme"));
+    }
+
     #[test]
     fn defaults() {
         let c = parse(&format!("{SERVER}{ROUTE}")).unwrap();
