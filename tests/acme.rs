@@ -522,57 +522,14 @@ async fn a_broken_directory_is_logged_and_nothing_stops() {
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .expect("the default certificate is still served");
-        let mut no_verify = (*default.client_config()).clone();
-        no_verify
-            .dangerous()
-            .set_certificate_verifier(Arc::new(AcceptAny));
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let refused = tokio_rustls::TlsConnector::from(Arc::new(no_verify))
+        let refused = tokio_rustls::TlsConnector::from(any_certificate_client(b"http/1.1"))
             .connect(ServerName::try_from("down.sluice.test").unwrap(), tcp)
             .await;
         assert!(
             refused.is_err(),
             "{what}: no certificate yet for the ACME name: no handshake"
         );
-    }
-}
-
-/// Accepts any server certificate: the test only asks whether a handshake
-/// happens at all.
-#[derive(Debug)]
-struct AcceptAny;
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 

@@ -110,68 +110,8 @@ async fn start(sites: &Sites, backend: std::net::SocketAddr) -> (Running, Arc<Sh
     (Running::start(shared.clone()).await.unwrap(), shared)
 }
 
-/// A client trusting all three certificates, not checking the name (so
-/// the test sees which certificate came back for any SNI).
-fn client_config(sites: &Sites, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
-    #[derive(Debug)]
-    struct AnyName(Arc<rustls::client::WebPkiServerVerifier>);
-    impl rustls::client::danger::ServerCertVerifier for AnyName {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            self.0.verify_tls12_signature(m, c, d)
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            self.0.verify_tls13_signature(m, c, d)
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.supported_verify_schemes()
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in [&sites.default, &sites.chat, &sites.wildcard] {
-        roots.add(c.der.clone()).unwrap();
-    }
-    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyName(verifier)))
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    // Every connection a full handshake, so each one asks the resolver.
-    cfg.resumption = rustls::client::Resumption::disabled();
-    Arc::new(cfg)
-}
-
 /// Connects with `sni` (`None`: an IP, so no SNI is sent).
 async fn connect(
-    sites: &Sites,
     addr: std::net::SocketAddr,
     sni: Option<&str>,
     alpn: &[u8],
@@ -183,14 +123,14 @@ async fn connect(
     };
     within(
         "TLS handshake",
-        tokio_rustls::TlsConnector::from(client_config(sites, alpn)).connect(name, tcp),
+        tokio_rustls::TlsConnector::from(any_certificate_client(alpn)).connect(name, tcp),
     )
     .await
     .unwrap()
 }
 
-async fn served_cert(sites: &Sites, addr: std::net::SocketAddr, sni: Option<&str>) -> Vec<u8> {
-    let tls = connect(sites, addr, sni, b"http/1.1").await;
+async fn served_cert(addr: std::net::SocketAddr, sni: Option<&str>) -> Vec<u8> {
+    let tls = connect(addr, sni, b"http/1.1").await;
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
@@ -210,7 +150,7 @@ async fn sni_picks_exact_then_wildcard_then_the_default() {
     ];
     for (sni, want) in cases {
         assert_eq!(
-            served_cert(&sites, addr, sni).await,
+            served_cert(addr, sni).await,
             want.der.to_vec(),
             "SNI {sni:?} got the wrong certificate"
         );
@@ -231,7 +171,7 @@ async fn an_h2_request_for_another_certificates_host_is_misdirected() {
     let sites = Sites::new();
     let (running, _shared) = start(&sites, backend.addr).await;
     let addr = running.tls_addrs()[0];
-    let tls = connect(&sites, addr, Some("chat.example.com"), b"h2").await;
+    let tls = connect(addr, Some("chat.example.com"), b"h2").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (send, conn) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(async move {
@@ -248,7 +188,7 @@ async fn an_h2_request_for_another_certificates_host_is_misdirected() {
 
     // No SNI: the default certificate, which serves hosts no other
     // certificate claims (an IP, an unknown name) as well as its own.
-    let tls = connect(&sites, addr, None, b"h2").await;
+    let tls = connect(addr, None, b"h2").await;
     let (send, conn) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
@@ -417,7 +357,7 @@ async fn reload_refuses_an_expired_certificate_and_swaps_good_ones() {
     let mut running = Running::start(shared.clone()).await.unwrap();
     let addr = running.tls_addrs()[0];
     assert_eq!(
-        served_cert(&sites, addr, Some("chat.example.com")).await,
+        served_cert(addr, Some("chat.example.com")).await,
         sites.chat.der.to_vec()
     );
 
@@ -436,14 +376,14 @@ async fn reload_refuses_an_expired_certificate_and_swaps_good_ones() {
     assert!(err.contains("tls.certificate[1].cert"), "{err}");
     assert!(err.contains(&old.cert.display().to_string()), "{err}");
     assert_eq!(
-        served_cert(&sites, addr, Some("chat.example.com")).await,
+        served_cert(addr, Some("chat.example.com")).await,
         sites.chat.der.to_vec()
     );
 
     write(&(pair("[tls]\n", &sites.default) + &pair("[[tls.certificate]]\n", &sites.wildcard)));
     running.reload(&path).await.unwrap();
     assert_eq!(
-        served_cert(&sites, addr, Some("chat.example.com")).await,
+        served_cert(addr, Some("chat.example.com")).await,
         sites.wildcard.der.to_vec()
     );
     let metrics = shared.metrics.encode();
