@@ -150,20 +150,11 @@ impl Pebble {
     /// A client that trusts pebble's issuing root, and nothing else.
     async fn client(&self) -> Arc<rustls::ClientConfig> {
         let pem = self.management_get("/roots/0").await;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes()) {
-            let cert: CertificateDer<'static> = cert.unwrap();
-            roots.add(cert).unwrap();
-        }
-        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(cfg)
+        let roots: Vec<CertificateDer<'static>> =
+            rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        client_trusting(roots)
     }
 }
 
