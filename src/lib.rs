@@ -49,6 +49,7 @@
 #![warn(missing_debug_implementations)]
 
 pub mod admin;
+pub mod affinity;
 pub mod backend;
 pub mod cli;
 pub mod config;
