@@ -62,6 +62,7 @@ pub mod metrics;
 pub mod policy;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod route;
 pub mod server;
