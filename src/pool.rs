@@ -14,14 +14,16 @@
 //!   every untried backend unhealthy is the answer 503.
 //! * Existing tunnels are never touched by health changes.
 
+use std::borrow::Cow;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Backend, Balance, HealthCheck, Route};
+use crate::config::{Backend, Balance, HealthCheck, ProxyVersion, Route};
 
 /// How long a backend that refused a connection gets no new ones.
 pub const EJECT_FOR: Duration = Duration::from_secs(5);
@@ -53,6 +55,10 @@ pub struct Pool {
     http: crate::backend::HttpClient,
     /// The same over HTTP/2, for `h2://` and `h2c://` backends.
     http2: crate::backend::HttpClient,
+    /// `tls` offering ALPN h2.
+    h2_tls: Arc<rustls::ClientConfig>,
+    /// `send_proxy_protocol`: a PROXY header on every backend connection.
+    send_proxy: Option<ProxyVersion>,
     balance: Balance,
     health: Option<HealthCheck>,
     next: AtomicUsize,
@@ -129,9 +135,12 @@ impl Pool {
         tls: Arc<rustls::ClientConfig>,
         congestion: Option<Arc<str>>,
     ) -> Pool {
+        let h2_tls = crate::backend::h2_tls(&tls);
         Pool {
             http: crate::backend::http_client(tls.clone(), congestion.clone()),
-            http2: crate::backend::http2_client(&tls, congestion.clone()),
+            http2: crate::backend::http2_client(h2_tls.clone(), congestion.clone()),
+            h2_tls,
+            send_proxy: route.send_proxy_protocol,
             tls,
             congestion,
             members: route
@@ -162,13 +171,35 @@ impl Pool {
         self.congestion.as_deref()
     }
 
-    /// The client for `backend`: HTTP/2 for `h2://`/`h2c://`, else HTTP/1.1.
-    pub fn http(&self, backend: &Backend) -> &crate::backend::HttpClient {
-        if backend.h2 {
-            &self.http2
-        } else {
-            &self.http
+    /// The client for a request of the client connection from `client` to
+    /// `local` toward `backend`: HTTP/2 for `h2://`/`h2c://`, else
+    /// HTTP/1.1; pooled, except on a `send_proxy_protocol` route, where the
+    /// request gets a connection of its own that begins with the client's
+    /// PROXY header (`backend::one_shot_client`).
+    pub fn http(
+        &self,
+        backend: &Backend,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Cow<'_, crate::backend::HttpClient> {
+        match self.proxy_header(client, local) {
+            None if backend.h2 => Cow::Borrowed(&self.http2),
+            None => Cow::Borrowed(&self.http),
+            Some(header) => Cow::Owned(crate::backend::one_shot_client(
+                if backend.h2 { &self.h2_tls } else { &self.tls }.clone(),
+                self.congestion.clone(),
+                backend.h2,
+                header.into(),
+            )),
         }
+    }
+
+    /// The PROXY header a backend connection made for the client
+    /// connection from `client` to `local` begins with, if the route sends
+    /// one.
+    pub fn proxy_header(&self, client: SocketAddr, local: SocketAddr) -> Option<Vec<u8>> {
+        self.send_proxy
+            .map(|v| crate::proxy_protocol::encode(v, client, local))
     }
 
     fn now_ms(&self) -> u64 {
@@ -311,9 +342,18 @@ impl Pool {
                 let Some(pool) = weak.upgrade() else { return };
                 for i in 0..pool.members.len() {
                     let backend = &pool.members[i].backend;
+                    // sluice's own connection: a LOCAL header, as HAProxy's
+                    // `check-send-proxy` sends.
+                    let header = pool.send_proxy.map(crate::proxy_protocol::encode_local);
                     let ok = tokio::time::timeout(
                         check.timeout,
-                        probe(backend, check.path.as_deref(), &pool.tls, pool.congestion()),
+                        probe(
+                            backend,
+                            check.path.as_deref(),
+                            &pool.tls,
+                            pool.congestion(),
+                            header.as_deref(),
+                        ),
                     )
                     .await
                     .unwrap_or(false);
@@ -331,8 +371,10 @@ async fn probe(
     path: Option<&str>,
     tls: &Arc<rustls::ClientConfig>,
     congestion: Option<&str>,
+    proxy_header: Option<&[u8]>,
 ) -> bool {
-    let Ok(mut stream) = crate::backend::connect(backend, tls, congestion).await else {
+    let Ok(mut stream) = crate::backend::connect(backend, tls, congestion, proxy_header).await
+    else {
         return false;
     };
     let Some(path) = path else {

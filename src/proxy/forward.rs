@@ -109,9 +109,12 @@ async fn forward(
                 Some(b) => Either::Left(b),
                 None => Either::Right(http_body_util::Empty::new()),
             };
-            let sent = attempt
-                .body(req_body)
-                .map(|req| picked.pool.http(backend).request(req));
+            let sent = attempt.body(req_body).map(|req| {
+                picked
+                    .pool
+                    .http(backend, ctx.conn.peer, ctx.conn.local)
+                    .request(req)
+            });
             async move {
                 let Ok(sent) = sent else {
                     return Attempt::Failed(ProxyError::BadRequest(

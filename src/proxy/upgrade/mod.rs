@@ -266,14 +266,17 @@ async fn reach(
             route: picked.label.to_owned(),
         })
         .clone();
+    // `send_proxy_protocol`: the client connection's PROXY header first.
+    let proxy_header = pool.proxy_header(ctx.conn.peer, ctx.conn.local);
     let exchange = async {
         let (lease, mut stream) = pool
             .try_each(true, key, |backend| {
                 let backend = backend.clone();
                 let connect_seconds = &connect_seconds;
+                let proxy_header = proxy_header.as_deref();
                 async move {
                     let started = std::time::Instant::now();
-                    match backend::connect(&backend, tls, pool.congestion()).await {
+                    match backend::connect(&backend, tls, pool.congestion(), proxy_header).await {
                         Ok(stream) => {
                             connect_seconds.observe(started.elapsed().as_secs_f64());
                             Attempt::Done(stream)
