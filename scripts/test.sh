@@ -21,6 +21,7 @@ need=(
   python3:python3                   # the deployment test's WebSocket backend and clients
   dpkg-dev:dpkg-shlibdeps           # cargo deb: the package's dependencies
   binutils:strip                    # cargo deb: strips the packaged binary
+  haproxy:haproxy                   # PROXY protocol interop (tests/proxy_protocol.rs)
 )
 missing=()
 for entry in "${need[@]}"; do
