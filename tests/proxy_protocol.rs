@@ -362,6 +362,37 @@ async fn per_ip_connection_caps_count_the_carried_client_not_the_balancer() {
     assert_eq!(forwarded_for(&mut tcp, &from("10.0.0.2")).await, "10.0.0.2");
 }
 
+#[tokio::test]
+async fn tunnel_caps_and_handshake_rates_count_the_carried_client() {
+    let ws = EchoWs::start().await;
+    let s = Sluice::start(
+        "proxy_protocol = [\"127.0.0.1\"]",
+        &format!(
+            "[[route]]\nbackends = [\"{}\"]\n[route.limits]\nmax_connections_per_ip = 1\n\
+             handshakes_per_second = 1\nhandshake_burst = 2\n",
+            ws.addr
+        ),
+    )
+    .await;
+    let upgrade_from = |ip: &str| {
+        let mut b = format!("PROXY TCP4 {ip} 192.0.2.1 5555 80\r\n").into_bytes();
+        b.extend_from_slice(&upgrade_request("a", "/ws", ""));
+        b
+    };
+    let mut tunnels = Vec::new();
+    let mut statuses = Vec::new();
+    for ip in ["10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.1"] {
+        let mut tcp = TcpStream::connect(s.plain_addr).await.unwrap();
+        let (status, _) = raw_request(&mut tcp, &upgrade_from(ip)).await;
+        statuses.push(status);
+        tunnels.push(tcp);
+    }
+    // 10.0.0.1: one tunnel, then its cap (429), then its burst of two
+    // handshakes is spent (429); 10.0.0.2 has its own budget.
+    assert_eq!(statuses, [101, 429, 101, 429]);
+    assert_eq!(ws.connections(), 2);
+}
+
 // ------------------------------------------------------------ out
 
 /// One backend connection as the PROXY-reading backend saw it.
