@@ -1,6 +1,6 @@
 //! Cost of the policy decisions on the handshake and frame hot paths:
-//! the Origin check, the per-IP handshake limiter, and the per-tunnel
-//! message bucket.
+//! the Origin check, the per-IP handshake limiter, the per-tunnel
+//! message bucket, and `balance = "hash"`'s key and pick.
 //!
 //! Run: `cargo bench --bench policy` (add `-- --quick` for a short run).
 
@@ -169,11 +169,44 @@ fn per_frame(c: &mut Criterion) {
     g.finish();
 }
 
+fn hash_balance(c: &mut Criterion) {
+    use sluice::affinity;
+    use sluice::config::{Backend, HashKey};
+    let mut g = c.benchmark_group("affinity");
+    let headers = http::HeaderMap::new();
+    let key = HashKey::Query("room".into());
+    let client = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    g.bench_function("request_key query:room", |b| {
+        b.iter(|| {
+            affinity::request_key(
+                &key,
+                &headers,
+                black_box(Some("token=abc&room=lobby-42")),
+                client,
+            )
+        })
+    });
+    for n in [3usize, 10] {
+        let ids: Vec<u64> = (0..n)
+            .map(|i| affinity::backend_id(&Backend::parse(&format!("10.0.1.{i}:9001")).unwrap()))
+            .collect();
+        g.bench_function(format!("pick of {n} backends"), |b| {
+            let mut k = 0u64;
+            b.iter(|| {
+                k = k.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                affinity::pick(black_box(k), ids.iter().copied().enumerate())
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     origin_allows,
     handshake_limiter,
     message_bucket,
-    per_frame
+    per_frame,
+    hash_balance
 );
 criterion_main!(benches);

@@ -22,6 +22,7 @@ need=(
   dpkg-dev:dpkg-shlibdeps           # cargo deb: the package's dependencies
   binutils:strip                    # cargo deb: strips the packaged binary
   pebble:pebble                     # the ACME server of tests/acme.rs (with pebble-challtestsrv)
+  haproxy:haproxy                   # PROXY protocol interop (tests/proxy_protocol.rs)
 )
 missing=()
 for entry in "${need[@]}"; do

@@ -224,6 +224,14 @@ impl Client {
         })
     }
 
+    /// Takes the connection's place under the per-IP cap after accept: for
+    /// a `server.proxy_protocol` peer the client is known only once its
+    /// PROXY header has been read.
+    pub fn hold_per_ip(&self, guard: Option<ConnectionGuard>) {
+        let mut places = self.places.lock().unwrap_or_else(|e| e.into_inner());
+        places._per_ip = guard;
+    }
+
     pub fn accepted(&self) -> Instant {
         self.accepted
     }

@@ -32,8 +32,13 @@
 //!   `proxy::error` (`ProxyError` and its one status table), never into each
 //!   other or into `proxy` itself.
 //! * [`pool`] is a route's backends: balancing, health, leases, and
-//!   `Pool::try_each`, the one retry loop (refusers ejected). [`backend`]
-//!   opens the connections; [`headers`] holds the forwarded-request rules.
+//!   `Pool::try_each`, the one retry loop (refusers ejected); under
+//!   `balance = "hash"` it picks with [`affinity`] (the request's key,
+//!   rendezvous hashing). [`backend`] opens the connections; [`headers`]
+//!   holds the forwarded-request rules.
+//! * [`proxy_protocol`] reads the PROXY header a listed balancer sends
+//!   (`server` calls it before TLS) and makes the one a route sends to its
+//!   backends (`send_proxy_protocol`).
 //! * [`relay`] is a tunnel's life in one folder: `relay::tunnel` (from the
 //!   101 to the log line; the only part that sees hyper), the two
 //!   directions' loop (`half`) and their shared state and watchdog
@@ -50,6 +55,7 @@
 
 pub mod acme;
 pub mod admin;
+pub mod affinity;
 pub mod backend;
 pub mod cli;
 pub mod config;
@@ -62,6 +68,7 @@ pub mod metrics;
 pub mod policy;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod route;
 pub mod server;

@@ -160,6 +160,14 @@ pub enum CloseReason {
     PerIpCap,
     /// The TLS handshake failed.
     TlsFailed,
+    /// A `server.proxy_protocol` peer sent no complete PROXY header within
+    /// `handshake_timeout`.
+    ProxyHeaderTimeout,
+    /// A `server.proxy_protocol` peer sent a malformed PROXY header.
+    ProxyHeaderInvalid,
+    /// A `server.proxy_protocol` peer closed (or reset) the connection
+    /// before a complete PROXY header (a balancer's TCP health check).
+    ProxyHeaderMissing,
 }
 
 impl CloseReason {
@@ -169,6 +177,9 @@ impl CloseReason {
             CloseReason::KeepaliveTimeout => "keepalive_timeout",
             CloseReason::PerIpCap => "per_ip_cap",
             CloseReason::TlsFailed => "tls_failed",
+            CloseReason::ProxyHeaderTimeout => "proxy_header_timeout",
+            CloseReason::ProxyHeaderInvalid => "proxy_header_invalid",
+            CloseReason::ProxyHeaderMissing => "proxy_header_missing",
         }
     }
 }

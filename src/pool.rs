@@ -1,5 +1,5 @@
-//! A route's backends as a pool: balancing (round robin or least
-//! connections), health (active checks and passive ejection on connect
+//! A route's backends as a pool: balancing (round robin, least
+//! connections, or rendezvous hashing of a request key, `crate::affinity`), health (active checks and passive ejection on connect
 //! failures) and leases that count a backend's open tunnels and in-flight
 //! requests.
 //!
@@ -14,14 +14,16 @@
 //!   every untried backend unhealthy is the answer 503.
 //! * Existing tunnels are never touched by health changes.
 
+use std::borrow::Cow;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Backend, Balance, HealthCheck, Route};
+use crate::config::{Backend, Balance, HealthCheck, ProxyVersion, Route};
 
 /// How long a backend that refused a connection gets no new ones.
 pub const EJECT_FOR: Duration = Duration::from_secs(5);
@@ -29,6 +31,8 @@ pub const EJECT_FOR: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 struct Member {
     backend: Backend,
+    /// `affinity::backend_id`: the backend's identity under `balance = "hash"`.
+    id: u64,
     /// Open tunnels plus in-flight requests.
     active: AtomicUsize,
     /// Set by active checks only.
@@ -51,6 +55,10 @@ pub struct Pool {
     http: crate::backend::HttpClient,
     /// The same over HTTP/2, for `h2://` and `h2c://` backends.
     http2: crate::backend::HttpClient,
+    /// `tls` offering ALPN h2.
+    h2_tls: Arc<rustls::ClientConfig>,
+    /// `send_proxy_protocol`: a PROXY header on every backend connection.
+    send_proxy: Option<ProxyVersion>,
     balance: Balance,
     health: Option<HealthCheck>,
     next: AtomicUsize,
@@ -127,9 +135,12 @@ impl Pool {
         tls: Arc<rustls::ClientConfig>,
         congestion: Option<Arc<str>>,
     ) -> Pool {
+        let h2_tls = crate::backend::h2_tls(&tls);
         Pool {
             http: crate::backend::http_client(tls.clone(), congestion.clone()),
-            http2: crate::backend::http2_client(&tls, congestion.clone()),
+            http2: crate::backend::http2_client(h2_tls.clone(), congestion.clone()),
+            h2_tls,
+            send_proxy: route.send_proxy_protocol,
             tls,
             congestion,
             members: route
@@ -137,6 +148,7 @@ impl Pool {
                 .iter()
                 .map(|b| Member {
                     backend: b.clone(),
+                    id: crate::affinity::backend_id(b),
                     active: AtomicUsize::new(0),
                     healthy: AtomicBool::new(true),
                     fails: AtomicU32::new(0),
@@ -159,29 +171,52 @@ impl Pool {
         self.congestion.as_deref()
     }
 
-    /// The client for `backend`: HTTP/2 for `h2://`/`h2c://`, else HTTP/1.1.
-    pub fn http(&self, backend: &Backend) -> &crate::backend::HttpClient {
-        if backend.h2 {
-            &self.http2
-        } else {
-            &self.http
+    /// The client for a request of the client connection from `client` to
+    /// `local` toward `backend`: HTTP/2 for `h2://`/`h2c://`, else
+    /// HTTP/1.1; pooled, except on a `send_proxy_protocol` route, where the
+    /// request gets a connection of its own that begins with the client's
+    /// PROXY header (`backend::one_shot_client`).
+    pub fn http(
+        &self,
+        backend: &Backend,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Cow<'_, crate::backend::HttpClient> {
+        match self.proxy_header(client, local) {
+            None if backend.h2 => Cow::Borrowed(&self.http2),
+            None => Cow::Borrowed(&self.http),
+            Some(header) => Cow::Owned(crate::backend::one_shot_client(
+                if backend.h2 { &self.h2_tls } else { &self.tls }.clone(),
+                self.congestion.clone(),
+                backend.h2,
+                header.into(),
+            )),
         }
+    }
+
+    /// The PROXY header a backend connection made for the client
+    /// connection from `client` to `local` begins with, if the route sends
+    /// one.
+    pub fn proxy_header(&self, client: SocketAddr, local: SocketAddr) -> Option<Vec<u8>> {
+        self.send_proxy
+            .map(|v| crate::proxy_protocol::encode(v, client, local))
     }
 
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// Picks a backend not in `tried`, preferring usable ones.
-    pub fn pick(self: &Arc<Self>, tried: &[usize]) -> Result<Lease, NoBackend> {
+    /// Picks a backend not in `tried`, preferring usable ones. `key` is the
+    /// request's hashed key under `balance = "hash"` (`None`: round robin).
+    pub fn pick(self: &Arc<Self>, tried: &[usize], key: Option<u64>) -> Result<Lease, NoBackend> {
         let now = self.now_ms();
         let untried = || (0..self.members.len()).filter(|i| !tried.contains(i));
         let healthy = |i: &usize| self.members[*i].healthy.load(Ordering::Relaxed);
         let usable =
             |i: &usize| healthy(i) && self.members[*i].ejected_until.load(Ordering::Relaxed) <= now;
         let index = self
-            .choose(untried().filter(usable))
-            .or_else(|| self.choose(untried().filter(healthy)))
+            .choose(untried().filter(usable), key)
+            .or_else(|| self.choose(untried().filter(healthy), key))
             .ok_or(if untried().next().is_none() {
                 NoBackend::AllTried
             } else {
@@ -198,12 +233,15 @@ impl Pool {
     /// A refusal ejects that backend; the next one is tried only when
     /// `retry` is set (the caller knows nothing was sent that a second
     /// backend could receive twice). The lease comes back with the result.
+    /// `key`: see [`Pool::pick`]; under hashing the next backend tried is
+    /// the key's next best.
     ///
     /// The attempt's future owns what it uses (it does not borrow the
     /// `&Backend`), so a hyper service holding it stays `Send`.
     pub async fn try_each<T, E, F>(
         self: &Arc<Self>,
         retry: bool,
+        key: Option<u64>,
         mut attempt: impl FnMut(&Backend) -> F,
     ) -> Result<(Lease, T), Unreached<E>>
     where
@@ -212,7 +250,7 @@ impl Pool {
         let mut tried = Vec::new();
         let mut last = None;
         loop {
-            let lease = match self.pick(&tried) {
+            let lease = match self.pick(&tried, key) {
                 Ok(lease) => lease,
                 Err(NoBackend::AllUnhealthy) if last.is_none() => return Err(Unreached::Unhealthy),
                 Err(_) => return Err(Unreached::Failed(last.expect("a backend was tried"))),
@@ -232,17 +270,21 @@ impl Pool {
         }
     }
 
-    fn choose(&self, candidates: impl Iterator<Item = usize>) -> Option<usize> {
+    fn choose(&self, candidates: impl Iterator<Item = usize>, key: Option<u64>) -> Option<usize> {
         let candidates: Vec<usize> = candidates.collect();
         if candidates.is_empty() {
             return None;
         }
-        match self.balance {
-            Balance::RoundRobin => {
+        match (self.balance, key) {
+            (Balance::Hash, Some(key)) => {
+                crate::affinity::pick(key, candidates.iter().map(|&i| (i, self.members[i].id)))
+            }
+            // A request without the key goes round robin.
+            (Balance::RoundRobin | Balance::Hash, _) => {
                 let n = self.next.fetch_add(1, Ordering::Relaxed);
                 Some(candidates[n % candidates.len()])
             }
-            Balance::LeastConnections => {
+            (Balance::LeastConnections, _) => {
                 // Ties go round robin so equal backends share the load.
                 let n = self.next.fetch_add(1, Ordering::Relaxed);
                 let min = candidates
@@ -300,9 +342,18 @@ impl Pool {
                 let Some(pool) = weak.upgrade() else { return };
                 for i in 0..pool.members.len() {
                     let backend = &pool.members[i].backend;
+                    // sluice's own connection: a LOCAL header, as HAProxy's
+                    // `check-send-proxy` sends.
+                    let header = pool.send_proxy.map(crate::proxy_protocol::encode_local);
                     let ok = tokio::time::timeout(
                         check.timeout,
-                        probe(backend, check.path.as_deref(), &pool.tls, pool.congestion()),
+                        probe(
+                            backend,
+                            check.path.as_deref(),
+                            &pool.tls,
+                            pool.congestion(),
+                            header.as_deref(),
+                        ),
                     )
                     .await
                     .unwrap_or(false);
@@ -320,8 +371,10 @@ async fn probe(
     path: Option<&str>,
     tls: &Arc<rustls::ClientConfig>,
     congestion: Option<&str>,
+    proxy_header: Option<&[u8]>,
 ) -> bool {
-    let Ok(mut stream) = crate::backend::connect(backend, tls, congestion).await else {
+    let Ok(mut stream) = crate::backend::connect(backend, tls, congestion, proxy_header).await
+    else {
         return false;
     };
     let Some(path) = path else {
@@ -365,20 +418,20 @@ mod tests {
     fn round_robin_skips_ejected_and_tried() {
         let p = pool("");
         let ports: Vec<u16> = (0..3)
-            .map(|_| p.pick(&[]).unwrap().backend().port)
+            .map(|_| p.pick(&[], None).unwrap().backend().port)
             .collect();
         assert_eq!(ports, [1, 2, 3]);
-        p.pick(&[]).unwrap().connect_failed(); // port 1 ejected
+        p.pick(&[], None).unwrap().connect_failed(); // port 1 ejected
         let ports: Vec<u16> = (0..4)
-            .map(|_| p.pick(&[]).unwrap().backend().port)
+            .map(|_| p.pick(&[], None).unwrap().backend().port)
             .collect();
         assert!(!ports.contains(&1), "{ports:?}");
         assert_eq!(
-            p.pick(&[1, 2]).unwrap().backend().port,
+            p.pick(&[1, 2], None).unwrap().backend().port,
             1,
             "ejected is still tried when nothing else is left"
         );
-        assert_eq!(p.pick(&[0, 1, 2]).unwrap_err(), NoBackend::AllTried);
+        assert_eq!(p.pick(&[0, 1, 2], None).unwrap_err(), NoBackend::AllTried);
     }
 
     fn run<T>(f: impl Future<Output = T>) -> T {
@@ -399,13 +452,13 @@ mod tests {
             }
         };
         let (lease, port) =
-            run(p.try_each(true, |b| std::future::ready(refuse_two(b.port)))).unwrap();
+            run(p.try_each(true, None, |b| std::future::ready(refuse_two(b.port)))).unwrap();
         assert_eq!((lease.backend().port, port), (3, 3));
         drop(lease);
         // (retry, the attempt refuses rather than fails) -> backends tried
         for (retry, refuse, want) in [(false, true, 1), (true, true, 3), (true, false, 1)] {
             let mut tries = 0;
-            let result = run(p.try_each(retry, |b| {
+            let result = run(p.try_each(retry, None, |b| {
                 tries += 1;
                 std::future::ready(if refuse {
                     Attempt::<(), _>::Refused(b.port)
@@ -421,15 +474,15 @@ mod tests {
     #[test]
     fn least_connections_prefers_the_idle_backend() {
         let p = pool("balance = \"least_connections\"");
-        let a = p.pick(&[]).unwrap();
-        let b = p.pick(&[]).unwrap();
+        let a = p.pick(&[], None).unwrap();
+        let b = p.pick(&[], None).unwrap();
         assert_ne!(a.index(), b.index());
-        let c = p.pick(&[]).unwrap();
+        let c = p.pick(&[], None).unwrap();
         let all = [a.index(), b.index(), c.index()];
         assert!(all.contains(&0) && all.contains(&1) && all.contains(&2));
         let freed = b.index();
         drop(b);
-        assert_eq!(p.pick(&[]).unwrap().index(), freed);
+        assert_eq!(p.pick(&[], None).unwrap().index(), freed);
     }
 
     #[test]
@@ -442,8 +495,30 @@ mod tests {
             p.record_check(i, false, &check);
             assert!(!p.is_healthy(i));
         }
-        assert_eq!(p.pick(&[]).unwrap_err(), NoBackend::AllUnhealthy);
+        assert_eq!(p.pick(&[], None).unwrap_err(), NoBackend::AllUnhealthy);
         p.record_check(2, true, &check);
-        assert_eq!(p.pick(&[]).unwrap().backend().port, 3);
+        assert_eq!(p.pick(&[], None).unwrap().backend().port, 3);
+    }
+
+    #[test]
+    fn hash_keeps_a_key_on_its_backend_moves_it_while_unhealthy_and_brings_it_back() {
+        let p = pool("balance = \"hash\"\nhash_key = \"query:room\"\nhealth_check = { unhealthy_after = 1, healthy_after = 1 }");
+        let check = p.health.clone().unwrap();
+        let key = Some(crate::affinity::key_hash(b"lobby"));
+        let home = p.pick(&[], key).unwrap().index();
+        for _ in 0..5 {
+            assert_eq!(p.pick(&[], key).unwrap().index(), home);
+        }
+        // A retry after a refusal goes to the key's second choice.
+        let second = p.pick(&[home], key).unwrap().index();
+        assert_ne!(second, home);
+        p.record_check(home, false, &check);
+        assert_eq!(p.pick(&[], key).unwrap().index(), second);
+        p.record_check(home, true, &check);
+        assert_eq!(p.pick(&[], key).unwrap().index(), home);
+        // Without a key: round robin over all three.
+        let mut seen: Vec<usize> = (0..3).map(|_| p.pick(&[], None).unwrap().index()).collect();
+        seen.sort();
+        assert_eq!(seen, [0, 1, 2]);
     }
 }

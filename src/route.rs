@@ -262,7 +262,7 @@ backends = ["127.0.0.1:9004"]
         let r = router(TWO_ROUTES);
         let p = r.pick(Some("chat.example.com"), "/ws").unwrap();
         let ports: Vec<u16> = (0..4)
-            .map(|_| p.pool.pick(&[]).unwrap().backend().port)
+            .map(|_| p.pool.pick(&[], None).unwrap().backend().port)
             .collect();
         assert_eq!(ports, [9001, 9002, 9001, 9002]);
     }

@@ -1,5 +1,7 @@
 //! Listeners and the life of one client connection, top to bottom:
-//! accept → take the current snapshot → TLS handshake under
+//! accept → take the current snapshot → from a `server.proxy_protocol`
+//! peer, its PROXY header (then the per-IP cap on the client it names) →
+//! TLS handshake under
 //! `handshake_timeout` → serve HTTP/1.1 or h2 (with upgrades) until the
 //! client leaves or a drain asks the connection to finish.
 
@@ -17,6 +19,7 @@ use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use crate::conn::{self, Busy, Client, State};
 use crate::metrics::CloseReason;
 use crate::proxy::{self, ConnCtx, ConnInfo};
+use crate::proxy_protocol::ReadError;
 use crate::shared::{Shared, Snapshot};
 use crate::stream::{ClientStream, Corked, MaybeTls};
 
@@ -84,8 +87,16 @@ impl Listener {
                     // ::ffff:a.b.c.d; every rule compares them as IPv4.
                     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                     let snapshot = shared.snapshot();
+                    // A balancer's connections are counted per client once
+                    // its PROXY header names the client, not here.
+                    let behind = proxy_protocol_peer(&snapshot, peer);
                     let per_ip = snapshot.config.server.max_client_connections_per_ip;
-                    let per_ip = match conn::admit(&shared.client_conns, peer.ip(), per_ip) {
+                    let admitted = if behind {
+                        Ok(None)
+                    } else {
+                        conn::admit(&shared.client_conns, peer.ip(), per_ip)
+                    };
+                    let per_ip = match admitted {
                         Ok(guard) => guard,
                         Err(refused) => {
                             shared.metrics.connection_closed(CloseReason::from(refused));
@@ -102,7 +113,14 @@ impl Listener {
                     let shared = shared.clone();
                     let tls = self.tls;
                     tokio::spawn(async move {
-                        connection(tcp, peer, fixed_local, tls, shared, snapshot, client).await;
+                        let socket = Socket {
+                            tcp,
+                            peer,
+                            local: fixed_local,
+                            tls,
+                            behind,
+                        };
+                        connection(socket, shared, snapshot, client).await;
                     });
                 }
                 Err(e) => {
@@ -118,22 +136,44 @@ impl Listener {
     }
 }
 
-/// The life of one client connection.
-async fn connection(
+/// Whether `peer` is in `server.proxy_protocol`: its connections must
+/// begin with a PROXY header.
+fn proxy_protocol_peer(snapshot: &Snapshot, peer: SocketAddr) -> bool {
+    let nets = &snapshot.config.server.proxy_protocol;
+    !nets.is_empty() && nets.iter().any(|n| n.contains(&peer.ip()))
+}
+
+/// An accepted connection, as the listener hands it over.
+struct Socket {
     tcp: TcpStream,
     peer: SocketAddr,
+    /// The listener's address when it is bound to one.
     local: Option<SocketAddr>,
     tls: bool,
+    /// From a `server.proxy_protocol` peer: a PROXY header comes first.
+    behind: bool,
+}
+
+/// The life of one client connection.
+async fn connection(
+    socket: Socket,
     shared: Arc<Shared>,
     snapshot: Arc<Snapshot>,
     client: Arc<Client>,
 ) {
+    let Socket {
+        mut tcp,
+        mut peer,
+        local,
+        tls,
+        behind,
+    } = socket;
     let _tracked = shared.http_conns.track();
     shared.metrics.http_connections_open.inc();
     let _open = scopeguard(|| {
         shared.metrics.http_connections_open.dec();
     });
-    let local = match local.map_or_else(|| tcp.local_addr(), Ok) {
+    let mut local = match local.map_or_else(|| tcp.local_addr(), Ok) {
         Ok(a) => a,
         Err(_) => return,
     };
@@ -146,6 +186,56 @@ async fn connection(
     let handshake_timeout = snapshot.config.server.handshake_timeout;
     // The TLS handshake and the first request head share one deadline.
     let head_deadline = client.accepted() + handshake_timeout;
+
+    if behind {
+        // The PROXY header, under the same deadline as what follows it.
+        let read = timeout_at(head_deadline, crate::proxy_protocol::read_header(&mut tcp)).await;
+        let failed = match read {
+            Ok(Ok(carried)) => Ok(carried),
+            Err(_) => Err((
+                CloseReason::ProxyHeaderTimeout,
+                "no complete PROXY header within handshake_timeout".to_owned(),
+            )),
+            Ok(Err(e @ (ReadError::Closed | ReadError::Io(_)))) => {
+                Err((CloseReason::ProxyHeaderMissing, e.to_string()))
+            }
+            Ok(Err(e @ ReadError::Malformed(_))) => {
+                Err((CloseReason::ProxyHeaderInvalid, e.to_string()))
+            }
+        };
+        let carried = match failed {
+            Ok(carried) => carried,
+            Err((reason, error)) => {
+                // Closed before TLS or any request: no backend was contacted.
+                shared.metrics.connection_closed(reason);
+                if let Some(suppressed) =
+                    shared.proxy_header_log.pass(Instant::now(), shared.started)
+                {
+                    tracing::info!(%peer, reason = reason.label(), error, suppressed, "connection closed: PROXY header");
+                }
+                return;
+            }
+        };
+        // The header's client is the client for every rule from here on;
+        // a LOCAL header (the balancer's own check) leaves the peer.
+        if let Some(source) = carried.source {
+            peer = source;
+        }
+        if let Some(destination) = carried.destination {
+            local = destination;
+        }
+        let per_ip = snapshot.config.server.max_client_connections_per_ip;
+        match conn::admit(&shared.client_conns, peer.ip(), per_ip) {
+            Ok(guard) => client.hold_per_ip(guard),
+            Err(refused) => {
+                shared.metrics.connection_closed(CloseReason::from(refused));
+                if let Some(suppressed) = shared.per_ip_log.pass(Instant::now(), shared.started) {
+                    tracing::info!(%peer, max = per_ip, suppressed, "connection refused: max_client_connections_per_ip reached");
+                }
+                return;
+            }
+        }
+    }
 
     let mut cert = None;
     let stream: ClientStream = if tls {

@@ -142,6 +142,8 @@ pub struct Shared {
     pub tunnel_counts: Arc<TunnelCounts>,
     /// One log line per second for refusals a flood controls the rate of.
     pub per_ip_log: LogGate,
+    /// The same for connections closed over their PROXY header.
+    pub proxy_header_log: LogGate,
     pub started: tokio::time::Instant,
     pub connections: Arc<ConnectionCounts>,
     /// Open client connections (HTTP) and open tunnels, counted apart.
@@ -162,6 +164,7 @@ impl Shared {
             client_conns: Arc::new(ConnectionCounts::default()),
             tunnel_counts: Arc::default(),
             per_ip_log: LogGate::default(),
+            proxy_header_log: LogGate::default(),
             started: tokio::time::Instant::now(),
             current: ArcSwap::from_pointee(snapshot),
             connections: Arc::new(ConnectionCounts::default()),

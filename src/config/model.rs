@@ -61,6 +61,9 @@ pub struct Server {
     pub max_client_connections_per_ip: u32,
     /// Open tunnels in the process; 0 = no cap. Above it: 503.
     pub max_tunnels: u32,
+    /// Peers whose connections must begin with a PROXY header (v1 or v2);
+    /// its source address is then the client for every rule.
+    pub proxy_protocol: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +161,32 @@ pub struct Route {
     pub limits: Limits,
     /// Open tunnels on this route; 0 = no cap. Above it: 503.
     pub max_tunnels: u32,
+    /// A PROXY header sent to the backend before anything else.
+    pub send_proxy_protocol: Option<ProxyVersion>,
+    /// What `balance = "hash"` hashes; `Some` exactly when balance is `Hash`.
+    pub hash_key: Option<HashKey>,
+}
+
+/// A PROXY protocol version (HAProxy's proxy-protocol.txt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// The text form: `PROXY TCP4 src dst sport dport\r\n`.
+    V1,
+    /// The binary form.
+    V2,
+}
+
+/// What a request's backend is chosen by under `balance = "hash"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client IP (as the limits see it).
+    ClientIp,
+    /// The first value of this request header (lower-cased name).
+    Header(http::HeaderName),
+    /// The value of this cookie.
+    Cookie(String),
+    /// The (decoded) value of this query parameter.
+    Query(String),
 }
 
 /// TLS settings toward a route's `https://` backends.
@@ -176,6 +205,8 @@ pub enum Balance {
     RoundRobin,
     /// Fewest open tunnels plus in-flight requests.
     LeastConnections,
+    /// Rendezvous hashing of `Route::hash_key` (see `crate::affinity`).
+    Hash,
 }
 
 /// Active health checking of a route's backends.

@@ -57,6 +57,8 @@ pub struct RawServer {
     pub max_client_connections_per_ip: Option<u32>,
     /// Open tunnels process-wide; 0 = no cap.
     pub max_tunnels: Option<u32>,
+    /// Peers (addresses or CIDRs) whose connections begin with a PROXY header.
+    pub proxy_protocol: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +135,10 @@ pub struct RawRoute {
     pub limits: Option<RawLimits>,
     /// Open tunnels on this route; 0 = no cap.
     pub max_tunnels: Option<u32>,
+    /// `"v1" | "v2"`: a PROXY header toward the backend.
+    pub send_proxy_protocol: Option<Spanned<String>>,
+    /// `"client_ip" | "header:NAME" | "cookie:NAME" | "query:NAME"`, with `balance = "hash"`.
+    pub hash_key: Option<Spanned<String>>,
 }
 
 /// `health_check = { path = "/healthz", interval = "5s", ... }` on a route.

@@ -20,8 +20,8 @@ use toml::Spanned;
 use super::error::{self, ConfigError};
 use super::host::{Backend, HostMatch, OriginPattern};
 use super::model::{
-    Acme, AcmeChallenge, BackendTls, Balance, CertificateFiles, Config, HealthCheck, Limits,
-    Located, OnMessageRate, Route, Server, Tls, WebSocketPolicy,
+    Acme, AcmeChallenge, BackendTls, Balance, CertificateFiles, Config, HashKey, HealthCheck,
+    Limits, Located, OnMessageRate, ProxyVersion, Route, Server, Tls, WebSocketPolicy,
 };
 use super::raw::{
     RawAcme, RawConfig, RawLimits, RawRoute, RawServer, RawTls, RawWebSocket, SpannedList,
@@ -200,6 +200,16 @@ impl Source<'_> {
                     .map_err(|why| self.err_at(p, format!("server.trusted_proxies[{i}]"), why))
             })
             .collect::<Result<_, _>>()?;
+        let proxy_protocol = raw
+            .proxy_protocol
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, p)| {
+                parse_proxy(p.get_ref())
+                    .map_err(|why| self.err_at(p, format!("server.proxy_protocol[{i}]"), why))
+            })
+            .collect::<Result<_, _>>()?;
 
         let tcp_congestion = raw
             .tcp_congestion
@@ -225,6 +235,7 @@ impl Source<'_> {
             max_client_connections: raw.max_client_connections.unwrap_or(0),
             max_client_connections_per_ip: raw.max_client_connections_per_ip.unwrap_or(0),
             max_tunnels: raw.max_tunnels.unwrap_or(0),
+            proxy_protocol,
         })
     }
 
@@ -574,13 +585,49 @@ impl Source<'_> {
             Some(b) => match b.get_ref().as_str() {
                 "round_robin" => Balance::RoundRobin,
                 "least_connections" => Balance::LeastConnections,
+                "hash" => Balance::Hash,
                 other => {
                     return Err(self.err_at(
                         b,
                         format!("{prefix}.balance"),
                         format!(
-                            "expected \"round_robin\" or \"least_connections\", found {other:?}"
+                            "expected \"round_robin\", \"least_connections\" or \"hash\", found {other:?}"
                         ),
+                    ))
+                }
+            },
+        };
+        let hash_key = match (&raw.hash_key, &raw.balance) {
+            (Some(k), _) if balance == Balance::Hash => Some(
+                hash_key(k.get_ref())
+                    .map_err(|why| self.err_at(k, format!("{prefix}.hash_key"), why))?,
+            ),
+            (Some(k), _) => {
+                return Err(self.err_at(
+                    k,
+                    format!("{prefix}.hash_key"),
+                    "hash_key needs balance = \"hash\" on the same route",
+                ))
+            }
+            (None, Some(b)) if balance == Balance::Hash => {
+                return Err(self.err_at(
+                    b,
+                    format!("{prefix}.balance"),
+                    "balance = \"hash\" needs hash_key (\"client_ip\", \"header:NAME\", \"cookie:NAME\" or \"query:NAME\")",
+                ))
+            }
+            (None, _) => None,
+        };
+        let send_proxy_protocol = match &raw.send_proxy_protocol {
+            None => None,
+            Some(v) => match v.get_ref().as_str() {
+                "v1" => Some(ProxyVersion::V1),
+                "v2" => Some(ProxyVersion::V2),
+                other => {
+                    return Err(self.err_at(
+                        v,
+                        format!("{prefix}.send_proxy_protocol"),
+                        format!("expected \"v1\" or \"v2\", found {other:?}"),
                     ))
                 }
             },
@@ -635,7 +682,46 @@ impl Source<'_> {
             websocket,
             limits,
             max_tunnels: raw.max_tunnels.unwrap_or(0),
+            send_proxy_protocol,
+            hash_key,
         })
+    }
+}
+
+/// `hash_key`'s forms. Names are checked here so a typo cannot silently
+/// hash nothing (every request would fall back to round robin).
+fn hash_key(s: &str) -> Result<HashKey, String> {
+    const FORMS: &str =
+        "expected \"client_ip\", \"header:NAME\", \"cookie:NAME\" or \"query:NAME\"";
+    if s == "client_ip" {
+        return Ok(HashKey::ClientIp);
+    }
+    let Some((kind, name)) = s.split_once(':') else {
+        return Err(format!("{FORMS}, found {s:?}"));
+    };
+    if name.is_empty() {
+        return Err(format!("{FORMS}: the name after {kind:?} is empty"));
+    }
+    let token = |what: &str| {
+        if name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+        {
+            Ok(())
+        } else {
+            Err(format!("{name:?} is not a valid {what} name"))
+        }
+    };
+    match kind {
+        "header" => http::HeaderName::from_bytes(name.as_bytes())
+            .map(HashKey::Header)
+            .map_err(|_| format!("{name:?} is not a valid header name")),
+        "cookie" => token("cookie").map(|()| HashKey::Cookie(name.to_owned())),
+        "query" if name.contains(['&', '#', ' ']) => {
+            Err(format!("{name:?} is not a valid query parameter name"))
+        }
+        "query" => Ok(HashKey::Query(name.to_owned())),
+        _ => Err(format!("{FORMS}, found {s:?}")),
     }
 }
 
@@ -702,6 +788,20 @@ mod tests {
             (format!("{SERVER}[[route]]\nhost = \"*example.com\"\nbackends = [\"a:1\"]\n"), Some(4), "route[0].host", "wildcard"),
             (format!("{SERVER}[[route]]\nhost = \"a.com:443\"\nbackends = [\"a:1\"]\n"), Some(4), "route[0].host", "no port"),
             (format!("{SERVER}{ROUTE}path = \"ws\"\n"), Some(5), "route[0].path", "must start with '/'"),
+            // PROXY protocol and hash balancing.
+            (format!("{SERVER}proxy_protocol = [\"10.0.0.0/8\", \"lb.local\"]\n{ROUTE}"), Some(3), "server.proxy_protocol[1]", "expected an IP address or CIDR"),
+            (format!("{SERVER}proxy_protocol = [\"10.0.0.1/8\"]\n{ROUTE}"), Some(3), "server.proxy_protocol[0]", "host bits set"),
+            (format!("{SERVER}{ROUTE}send_proxy_protocol = \"v3\"\n"), Some(5), "route[0].send_proxy_protocol", "expected \"v1\" or \"v2\""),
+            (format!("{SERVER}{ROUTE}hash_key = \"client_ip\"\n"), Some(5), "route[0].hash_key", "needs balance = \"hash\""),
+            (format!("{SERVER}{ROUTE}balance = \"least_connections\"\nhash_key = \"query:room\"\n"), Some(6), "route[0].hash_key", "needs balance = \"hash\""),
+            (format!("{SERVER}{ROUTE}balance = \"hash\"\n"), Some(5), "route[0].balance", "needs hash_key"),
+            (format!("{SERVER}{ROUTE}balance = \"consistent\"\n"), Some(5), "route[0].balance", "\"hash\""),
+            (format!("{SERVER}{ROUTE}balance = \"hash\"\nhash_key = \"room\"\n"), Some(6), "route[0].hash_key", "expected \"client_ip\""),
+            (format!("{SERVER}{ROUTE}balance = \"hash\"\nhash_key = \"query:\"\n"), Some(6), "route[0].hash_key", "is empty"),
+            (format!("{SERVER}{ROUTE}balance = \"hash\"\nhash_key = \"header:X Room\"\n"), Some(6), "route[0].hash_key", "not a valid header name"),
+            (format!("{SERVER}{ROUTE}balance = \"hash\"\nhash_key = \"cookie:a=b\"\n"), Some(6), "route[0].hash_key", "not a valid cookie name"),
+            (format!("{SERVER}{ROUTE}balance = \"hash\"\nhash_key = \"path:x\"\n"), Some(6), "route[0].hash_key", "expected \"client_ip\""),
+            (format!("{SERVER}{ROUTE}balance = \"hash\"\nhash_key = \"client_ip:x\"\n"), Some(6), "route[0].hash_key", "expected \"client_ip\""),
             // Zero where zero makes no sense.
             (format!("{SERVER}[websocket]\nmax_frame_bytes = 0\n{ROUTE}"), Some(4), "websocket.max_frame_bytes", "positive"),
             (format!("{SERVER}{ROUTE}[route.websocket]\nmax_message_bytes = -1\n"), Some(6), "route[0].websocket.max_message_bytes", "positive"),
@@ -976,6 +1076,57 @@ backends = ["name:1"]
             (7, 2000)
         );
         assert_eq!(wild.limits.on_message_rate, OnMessageRate::Close);
+    }
+
+    #[test]
+    fn proxy_protocol_and_hash_keys() {
+        let c = parse(&format!(
+            "{SERVER}proxy_protocol = [\"10.0.0.0/8\", \"::1\"]\n{ROUTE}send_proxy_protocol = \"v2\"\n\
+             balance = \"hash\"\nhash_key = \"header:X-Room\"\n\
+             [[route]]\npath = \"/a\"\nbackends = [\"a:1\"]\nbalance = \"hash\"\nhash_key = \"cookie:sid\"\n\
+             [[route]]\npath = \"/b\"\nbackends = [\"a:1\"]\nbalance = \"hash\"\nhash_key = \"query:room\"\n\
+             [[route]]\npath = \"/c\"\nbackends = [\"a:1\"]\nbalance = \"hash\"\nhash_key = \"client_ip\"\nsend_proxy_protocol = \"v1\"\n"
+        ))
+        .unwrap();
+        let nets: Vec<String> = c
+            .server
+            .proxy_protocol
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "::1/128"]);
+        let keys: Vec<_> = c
+            .routes
+            .iter()
+            .map(|r| (r.balance, r.hash_key.clone(), r.send_proxy_protocol))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (
+                    Balance::Hash,
+                    Some(HashKey::Header(http::HeaderName::from_static("x-room"))),
+                    Some(ProxyVersion::V2)
+                ),
+                (Balance::Hash, Some(HashKey::Cookie("sid".into())), None),
+                (Balance::Hash, Some(HashKey::Query("room".into())), None),
+                (
+                    Balance::Hash,
+                    Some(HashKey::ClientIp),
+                    Some(ProxyVersion::V1)
+                ),
+            ]
+        );
+        let d = parse(&format!("{SERVER}{ROUTE}")).unwrap();
+        assert!(d.server.proxy_protocol.is_empty());
+        assert_eq!(
+            (
+                d.routes[0].balance,
+                d.routes[0].hash_key.clone(),
+                d.routes[0].send_proxy_protocol
+            ),
+            (Balance::RoundRobin, None, None)
+        );
     }
 
     #[test]

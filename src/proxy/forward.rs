@@ -75,8 +75,12 @@ async fn forward(
     let mut body = Some(body);
     // Upgrade tokens other than websocket (h2c and others) are hop-by-hop and
     // go with the rest: the request continues as plain HTTP (contract).
-    ctx.forwarding(&parts.headers)
-        .apply(&mut parts.headers, host);
+    let forwarding = ctx.forwarding(&parts.headers);
+    // `balance = "hash"`: the key as the client sent it.
+    let key = picked.route.hash_key.as_ref().and_then(|k| {
+        crate::affinity::request_key(k, &parts.headers, parts.uri.query(), forwarding.client.ip)
+    });
+    forwarding.apply(&mut parts.headers, host);
     let pq = parts
         .uri
         .path_and_query()
@@ -86,7 +90,7 @@ async fn forward(
     let deadline = tokio::time::Instant::now() + ctx.snapshot.config.server.handshake_timeout;
     let (_lease, resp) = picked
         .pool
-        .try_each(retryable, |backend| {
+        .try_each(retryable, key, |backend| {
             let scheme = if backend.tls { "https" } else { "http" };
             // Backends speak HTTP/1.1 whatever the client spoke (h2 only to
             // `h2://` and `h2c://` backends).
@@ -105,9 +109,12 @@ async fn forward(
                 Some(b) => Either::Left(b),
                 None => Either::Right(http_body_util::Empty::new()),
             };
-            let sent = attempt
-                .body(req_body)
-                .map(|req| picked.pool.http(backend).request(req));
+            let sent = attempt.body(req_body).map(|req| {
+                picked
+                    .pool
+                    .http(backend, ctx.conn.peer, ctx.conn.local)
+                    .request(req)
+            });
             async move {
                 let Ok(sent) = sent else {
                     return Attempt::Failed(ProxyError::BadRequest(

@@ -97,8 +97,17 @@ async fn handshake(
     mut req: Request<Incoming>,
 ) -> Result<Answered, ProxyError> {
     let admitted = admit(ctx, picked, host, &req)?;
+    // `balance = "hash"`: the key as the client sent it.
+    let key = picked.route.hash_key.as_ref().and_then(|k| {
+        crate::affinity::request_key(
+            k,
+            req.headers(),
+            req.uri().query(),
+            admitted.forwarding.client.ip,
+        )
+    });
     let offer = offer(picked, host, &req, admitted.key, admitted.forwarding);
-    let reached = reach(ctx, picked, &offer.head).await?;
+    let reached = reach(ctx, picked, key, &offer.head).await?;
     if reached.answer.status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Answered::Refusal(refusal(ctx, picked, &req, reached)));
     }
@@ -241,7 +250,12 @@ struct Reached {
 /// upgrade request for its answer, all within `handshake_timeout`. A
 /// backend that refuses the connection is ejected and the next one tried;
 /// nothing has been sent yet, so this is always safe.
-async fn reach(ctx: &ConnCtx, picked: &Picked<'_>, head: &[u8]) -> Result<Reached, ProxyError> {
+async fn reach(
+    ctx: &ConnCtx,
+    picked: &Picked<'_>,
+    key: Option<u64>,
+    head: &[u8],
+) -> Result<Reached, ProxyError> {
     let pool = picked.pool;
     let tls = pool.tls();
     let connect_seconds = ctx
@@ -252,14 +266,17 @@ async fn reach(ctx: &ConnCtx, picked: &Picked<'_>, head: &[u8]) -> Result<Reache
             route: picked.label.to_owned(),
         })
         .clone();
+    // `send_proxy_protocol`: the client connection's PROXY header first.
+    let proxy_header = pool.proxy_header(ctx.conn.peer, ctx.conn.local);
     let exchange = async {
         let (lease, mut stream) = pool
-            .try_each(true, |backend| {
+            .try_each(true, key, |backend| {
                 let backend = backend.clone();
                 let connect_seconds = &connect_seconds;
+                let proxy_header = proxy_header.as_deref();
                 async move {
                     let started = std::time::Instant::now();
-                    match backend::connect(&backend, tls, pool.congestion()).await {
+                    match backend::connect(&backend, tls, pool.congestion(), proxy_header).await {
                         Ok(stream) => {
                             connect_seconds.observe(started.elapsed().as_secs_f64());
                             Attempt::Done(stream)
