@@ -20,10 +20,12 @@ use toml::Spanned;
 use super::error::{self, ConfigError};
 use super::host::{Backend, HostMatch, OriginPattern};
 use super::model::{
-    BackendTls, Balance, CertificateFiles, Cluster, Config, HealthCheck, Limits, Located, OnMessageRate,
-    Route, Server, Tls, WebSocketPolicy,
+    BackendTls, Balance, CertificateFiles, Cluster, Config, HealthCheck, Limits, Located,
+    OnMessageRate, Route, Server, Tls, WebSocketPolicy,
 };
-use super::raw::{RawCluster, RawConfig, RawLimits, RawRoute, RawServer, RawTls, RawWebSocket, SpannedList};
+use super::raw::{
+    RawCluster, RawConfig, RawLimits, RawRoute, RawServer, RawTls, RawWebSocket, SpannedList,
+};
 use super::values::{parse_proxy, HumanDuration};
 
 /// `raw`, parsed from `text`, as a [`Config`]; `file` names it in errors and
@@ -923,32 +925,75 @@ backends = ["name:1"]
     /// a zero timeout is refused at its line; the timeout defaults to 20ms.
     #[test]
     fn cluster_is_checked_at_load() {
-        let c = parse(&format!("{SERVER}{ROUTE}[cluster]\nredis = \"redis://10.0.0.5:6379/2\"\n"))
-            .unwrap()
-            .cluster
-            .unwrap();
+        let c = parse(&format!(
+            "{SERVER}{ROUTE}[cluster]\nredis = \"redis://10.0.0.5:6379/2\"\n"
+        ))
+        .unwrap()
+        .cluster
+        .unwrap();
         assert_eq!(c.redis, "redis://10.0.0.5:6379/2");
         assert_eq!(c.timeout, Duration::from_millis(20));
-        assert!(parse(&format!("{SERVER}{ROUTE}")).unwrap().cluster.is_none());
+        assert!(parse(&format!("{SERVER}{ROUTE}"))
+            .unwrap()
+            .cluster
+            .is_none());
         let t = parse(&format!(
             "{SERVER}{ROUTE}[cluster]\nredis = \"redis://r:6379\"\ntimeout = \"5ms\"\n"
         ))
         .unwrap();
         assert_eq!(t.cluster.unwrap().timeout, Duration::from_millis(5));
         let cases = [
-            ("redis = \"http://10.0.0.5:6379\"\n", 6, "cluster.redis", "invalid Redis URL"),
-            ("redis = \"redis://10.0.0.5:port\"\n", 6, "cluster.redis", "invalid Redis URL"),
-            ("redis = \"10.0.0.5:6379\"\n", 6, "cluster.redis", "invalid Redis URL"),
-            ("redis = \"redis://r\"\ntimeout = \"0ms\"\n", 7, "cluster.timeout", "longer than 0s"),
-            ("redis = \"redis://r\"\ntimeout = 20\n", 7, "cluster.timeout", "expected a duration"),
-            ("redis = \"redis://r\"\nttl = \"5s\"\n", 7, "cluster.ttl", "unknown key"),
+            (
+                "redis = \"http://10.0.0.5:6379\"\n",
+                6,
+                "cluster.redis",
+                "invalid Redis URL",
+            ),
+            (
+                "redis = \"redis://10.0.0.5:port\"\n",
+                6,
+                "cluster.redis",
+                "invalid Redis URL",
+            ),
+            (
+                "redis = \"10.0.0.5:6379\"\n",
+                6,
+                "cluster.redis",
+                "invalid Redis URL",
+            ),
+            (
+                "redis = \"redis://r\"\ntimeout = \"0ms\"\n",
+                7,
+                "cluster.timeout",
+                "longer than 0s",
+            ),
+            (
+                "redis = \"redis://r\"\ntimeout = 20\n",
+                7,
+                "cluster.timeout",
+                "expected a duration",
+            ),
+            (
+                "redis = \"redis://r\"\nttl = \"5s\"\n",
+                7,
+                "cluster.ttl",
+                "unknown key",
+            ),
             ("timeout = \"5ms\"\n", 5, "cluster.redis", "missing"),
         ];
         for (body, line, key, problem) in cases {
             let err = parse(&format!("{SERVER}{ROUTE}[cluster]\n{body}")).unwrap_err();
-            assert_eq!((err.line, err.key.as_str()), (Some(line), key), "{body}: {err}");
+            assert_eq!(
+                (err.line, err.key.as_str()),
+                (Some(line), key),
+                "{body}: {err}"
+            );
             assert!(err.to_string().contains(problem), "{body}: {err}");
-            assert!(err.to_string().starts_with(&format!("t.toml:{line}: {key}: ")), "{err}");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("t.toml:{line}: {key}: ")),
+                "{err}"
+            );
         }
     }
 }
