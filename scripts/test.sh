@@ -21,6 +21,7 @@ need=(
   python3:python3                   # the deployment test's WebSocket backend and clients
   dpkg-dev:dpkg-shlibdeps           # cargo deb: the package's dependencies
   binutils:strip                    # cargo deb: strips the packaged binary
+  redis-server:redis-server         # [cluster] tests (tests/cluster.rs) start their own
 )
 missing=()
 for entry in "${need[@]}"; do
