@@ -252,6 +252,12 @@ mod tests {
         assert!(counts.try_acquire(ip, 2).is_some());
     }
 
+    /// Every tunnel holds one guard: the cluster's flag must not grow it.
+    #[test]
+    fn a_guard_is_no_bigger_with_the_cluster_flag() {
+        assert_eq!(std::mem::size_of::<ConnectionGuard>(), 32);
+    }
+
     #[test]
     fn ipv6_keyed_by_slash_64() {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
