@@ -23,6 +23,7 @@ need=(
   binutils:strip                    # cargo deb: strips the packaged binary
   pebble:pebble                     # the ACME server of tests/acme.rs (with pebble-challtestsrv)
   haproxy:haproxy                   # PROXY protocol interop (tests/proxy_protocol.rs)
+  redis-server:redis-server         # [cluster] tests (tests/cluster.rs) start their own
 )
 missing=()
 for entry in "${need[@]}"; do

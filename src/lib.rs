@@ -44,6 +44,11 @@
 //!   directions' loop (`half`) and their shared state and watchdog
 //!   (`control`), over [`relay::scan`], the RFC 6455 rules as a sans-IO
 //!   scanner that the fuzzer, the property tests and the bench drive too.
+//! * [`policy`] is the state behind the limits: `policy::rate` (the local
+//!   per-IP limiters and counts, the tunnel caps), `policy::origin`, and
+//!   `policy::cluster` (`[cluster]`: the per-IP rate and tunnel cap shared
+//!   with the other instances through Redis, asked only after the local
+//!   limits admit; its outage leaves the local answer standing).
 //! * [`socket`] holds the options sluice sets on its own sockets
 //!   (`reuse_port`, `tcp_congestion`).
 //! * [`frame`] parses frame headers and Close payloads: no IO, no allocation.

@@ -77,6 +77,44 @@ pub struct ClosedLabel {
     pub reason: CloseReason,
 }
 
+/// `sluice_cluster_checks_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterCheckLabel {
+    pub outcome: ClusterOutcome,
+}
+
+/// What the cluster's Redis said about a handshake the local limits admitted
+/// (`sluice_cluster_checks_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClusterOutcome {
+    /// `admitted`: under the shared rate and tunnel cap.
+    Admitted,
+    /// `refused_rate`: over the shared handshake rate (429).
+    RefusedRate,
+    /// `refused_connections`: the shared tunnels-per-IP cap reached (429).
+    RefusedConnections,
+    /// `fallback_local`: Redis down, erroring or slower than
+    /// `cluster.timeout`; the local limits alone decided.
+    FallbackLocal,
+}
+
+impl ClusterOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            ClusterOutcome::Admitted => "admitted",
+            ClusterOutcome::RefusedRate => "refused_rate",
+            ClusterOutcome::RefusedConnections => "refused_connections",
+            ClusterOutcome::FallbackLocal => "fallback_local",
+        }
+    }
+}
+
+impl EncodeLabelValue for ClusterOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        self.label().encode(encoder)
+    }
+}
+
 /// What became of a WebSocket handshake on a route that matched
 /// (`sluice_ws_handshakes_total{outcome}`). Counted by what happened, not
 /// by the status the client sees: on h2 a tunnel is a 200, and a backend's
@@ -244,6 +282,9 @@ pub struct Metrics {
     pub requests_rejected: Family<RejectedLabel, Counter>,
     /// notAfter of each certificate of the current snapshot, Unix seconds.
     pub tls_certificate_expiry: Family<FileLabel, Gauge>,
+    /// 1 while the `[cluster]` Redis answers within its timeout.
+    pub cluster_redis_up: Gauge,
+    pub cluster_checks: Family<ClusterCheckLabel, Counter>,
     /// `frames` and `bytes` by route, looked up once per route, not per tunnel.
     traffic: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<RouteTraffic>>>,
 }
@@ -273,6 +314,8 @@ impl Metrics {
             client_connections_closed: Family::default(),
             requests_rejected: Family::default(),
             tls_certificate_expiry: Family::default(),
+            cluster_redis_up: Gauge::default(),
+            cluster_checks: Family::default(),
             traffic: Default::default(),
             registry: Registry::default(),
         };
@@ -338,6 +381,16 @@ impl Metrics {
             "tls_certificate_expiry_seconds",
             "When each served certificate expires (notAfter, Unix time), by certificate file",
             m.tls_certificate_expiry.clone(),
+        );
+        registry.register(
+            "cluster_redis_up",
+            "1 while the [cluster] Redis answers within cluster.timeout; 0 during an outage or without [cluster]",
+            m.cluster_redis_up.clone(),
+        );
+        registry.register(
+            "cluster_checks",
+            "Handshakes the local limits admitted, by what the [cluster] Redis said: admitted, refused_rate, refused_connections, fallback_local",
+            m.cluster_checks.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -10,6 +10,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ConfigError};
 use crate::conn::{client_ceiling, Ceiling, LogGate};
+use crate::policy::cluster::ClusterSlot;
 use crate::policy::rate::{ConnectionCounts, HandshakeLimiter, TunnelCounts};
 use crate::route::Router;
 
@@ -146,6 +147,9 @@ pub struct Shared {
     pub proxy_header_log: LogGate,
     pub started: tokio::time::Instant,
     pub connections: Arc<ConnectionCounts>,
+    /// The `[cluster]` client: per-IP limits shared through Redis. Changed
+    /// by a reload only when `[cluster]` changes.
+    pub cluster: Arc<ClusterSlot>,
     /// Open client connections (HTTP) and open tunnels, counted apart.
     pub http_conns: Arc<Tracker>,
     pub tunnels: Arc<Tracker>,
@@ -159,6 +163,11 @@ impl Shared {
         let ceiling = client_ceiling(snapshot.config.server.max_client_connections);
         let metrics = crate::metrics::Metrics::new();
         metrics.set_certificates(snapshot.sites.as_deref());
+        // Tunnel slots tell the cluster (whichever client is current) when
+        // they close.
+        let cluster = Arc::new(ClusterSlot::new());
+        let connections = Arc::new(ConnectionCounts::with_shared(cluster.clone()));
+        cluster.configure(snapshot.config.cluster.as_ref(), &connections, &metrics);
         Arc::new(Shared {
             ceiling: Arc::new(Ceiling::new(ceiling)),
             client_conns: Arc::new(ConnectionCounts::default()),
@@ -167,7 +176,8 @@ impl Shared {
             proxy_header_log: LogGate::default(),
             started: tokio::time::Instant::now(),
             current: ArcSwap::from_pointee(snapshot),
-            connections: Arc::new(ConnectionCounts::default()),
+            connections,
+            cluster,
             http_conns: Arc::default(),
             tunnels: Arc::default(),
             metrics,
@@ -189,6 +199,11 @@ impl Shared {
             snapshot.config.server.max_client_connections,
         ));
         self.metrics.set_certificates(snapshot.sites.as_deref());
+        self.cluster.configure(
+            snapshot.config.cluster.as_ref(),
+            &self.connections,
+            &self.metrics,
+        );
         self.current.store(snapshot);
     }
 

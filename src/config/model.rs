@@ -27,6 +27,18 @@ pub struct Config {
     pub server: Server,
     pub tls: Option<Tls>,
     pub routes: Vec<Route>,
+    /// `[cluster]`: per-IP limits shared through Redis; `None` = local only.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: the Redis that every sluice of one site shares its per-IP
+/// limits through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// As written (`redis://`, `rediss://` or `unix://`); checked to parse.
+    pub redis: String,
+    /// A Redis call slower than this counts as an outage: local limits alone.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -37,6 +37,15 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub route: Vec<RawRoute>,
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`: limits shared through one Redis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub redis: Spanned<String>,
+    pub timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

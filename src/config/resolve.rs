@@ -20,11 +20,12 @@ use toml::Spanned;
 use super::error::{self, ConfigError};
 use super::host::{Backend, HostMatch, OriginPattern};
 use super::model::{
-    Acme, AcmeChallenge, BackendTls, Balance, CertificateFiles, Config, HashKey, HealthCheck,
-    Limits, Located, OnMessageRate, ProxyVersion, Route, Server, Tls, WebSocketPolicy,
+    Acme, AcmeChallenge, BackendTls, Balance, CertificateFiles, Cluster, Config, HashKey,
+    HealthCheck, Limits, Located, OnMessageRate, ProxyVersion, Route, Server, Tls, WebSocketPolicy,
 };
 use super::raw::{
-    RawAcme, RawConfig, RawLimits, RawRoute, RawServer, RawTls, RawWebSocket, SpannedList,
+    RawAcme, RawCluster, RawConfig, RawLimits, RawRoute, RawServer, RawTls, RawWebSocket,
+    SpannedList,
 };
 use super::values::{parse_proxy, HumanDuration};
 
@@ -112,11 +113,43 @@ impl Source<'_> {
                 "no [[route]]: at least one route with backends is required",
             ));
         }
+        let cluster = raw.cluster.as_ref().map(|c| self.cluster(c)).transpose()?;
         Ok(Config {
             path: self.file.to_owned(),
             server,
             tls,
             routes,
+            cluster,
+        })
+    }
+
+    /// `[cluster]`: the URL must parse (scheme, host, port, database) so a
+    /// typo is refused at load, not discovered as an outage at run time.
+    fn cluster(&self, raw: &RawCluster) -> Result<Cluster, ConfigError> {
+        let url = raw.redis.get_ref();
+        redis::Client::open(url.as_str()).map_err(|e| {
+            self.err_at(
+                &raw.redis,
+                "cluster.redis",
+                format!(
+                    "invalid Redis URL {url:?} ({e}); expected e.g. \"redis://127.0.0.1:6379/0\""
+                ),
+            )
+        })?;
+        let timeout = match &raw.timeout {
+            None => Duration::from_millis(20),
+            Some(t) if t.get_ref().0.is_zero() => {
+                return Err(self.err_at(
+                    t,
+                    "cluster.timeout",
+                    "must be longer than 0s: every Redis call would time out",
+                ))
+            }
+            Some(t) => t.get_ref().0,
+        };
+        Ok(Cluster {
+            redis: url.clone(),
+            timeout,
         })
     }
 
@@ -1247,5 +1280,81 @@ backends = ["name:1"]
         );
         assert_eq!(c.routes[0].path, "/ws");
         assert_eq!(c.routes[1].path, "/");
+    }
+
+    /// `[cluster]`: a URL that cannot be a Redis address, an unknown key or
+    /// a zero timeout is refused at its line; the timeout defaults to 20ms.
+    #[test]
+    fn cluster_is_checked_at_load() {
+        let c = parse(&format!(
+            "{SERVER}{ROUTE}[cluster]\nredis = \"redis://10.0.0.5:6379/2\"\n"
+        ))
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.redis, "redis://10.0.0.5:6379/2");
+        assert_eq!(c.timeout, Duration::from_millis(20));
+        assert!(parse(&format!("{SERVER}{ROUTE}"))
+            .unwrap()
+            .cluster
+            .is_none());
+        let t = parse(&format!(
+            "{SERVER}{ROUTE}[cluster]\nredis = \"redis://r:6379\"\ntimeout = \"5ms\"\n"
+        ))
+        .unwrap();
+        assert_eq!(t.cluster.unwrap().timeout, Duration::from_millis(5));
+        let cases = [
+            (
+                "redis = \"http://10.0.0.5:6379\"\n",
+                6,
+                "cluster.redis",
+                "invalid Redis URL",
+            ),
+            (
+                "redis = \"redis://10.0.0.5:port\"\n",
+                6,
+                "cluster.redis",
+                "invalid Redis URL",
+            ),
+            (
+                "redis = \"10.0.0.5:6379\"\n",
+                6,
+                "cluster.redis",
+                "invalid Redis URL",
+            ),
+            (
+                "redis = \"redis://r\"\ntimeout = \"0ms\"\n",
+                7,
+                "cluster.timeout",
+                "longer than 0s",
+            ),
+            (
+                "redis = \"redis://r\"\ntimeout = 20\n",
+                7,
+                "cluster.timeout",
+                "expected a duration",
+            ),
+            (
+                "redis = \"redis://r\"\nttl = \"5s\"\n",
+                7,
+                "cluster.ttl",
+                "unknown key",
+            ),
+            ("timeout = \"5ms\"\n", 5, "cluster.redis", "missing"),
+        ];
+        for (body, line, key, problem) in cases {
+            let err = parse(&format!("{SERVER}{ROUTE}[cluster]\n{body}")).unwrap_err();
+            assert_eq!(
+                (err.line, err.key.as_str()),
+                (Some(line), key),
+                "{body}: {err}"
+            );
+            assert!(err.to_string().contains(problem), "{body}: {err}");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("t.toml:{line}: {key}: ")),
+                "{err}"
+            );
+        }
     }
 }

@@ -105,14 +105,37 @@ impl HandshakeLimiter {
     }
 }
 
+/// Where else a slot is counted: the cluster's Redis (`policy::cluster`),
+/// told when a slot it counted is freed.
+pub trait SharedCount: Send + Sync + std::fmt::Debug {
+    fn release(&self, key: IpAddr);
+}
+
 /// Open tunnels per IP, shared by every snapshot so that a reload does not
 /// forget the tunnels that are already open.
 #[derive(Debug, Default)]
 pub struct ConnectionCounts {
     counts: Mutex<HashMap<IpAddr, u32>>,
+    /// Told when a guard marked [`ConnectionGuard::counted_shared`] drops.
+    shared: Option<Arc<dyn SharedCount>>,
 }
 
 impl ConnectionCounts {
+    /// Counts that are also kept in `shared` (the cluster's Redis).
+    pub fn with_shared(shared: Arc<dyn SharedCount>) -> ConnectionCounts {
+        ConnectionCounts {
+            counts: Mutex::default(),
+            shared: Some(shared),
+        }
+    }
+
+    /// Every key with open slots and its count: the truth the cluster's
+    /// heartbeat re-asserts in Redis.
+    pub fn all(&self) -> Vec<(IpAddr, u32)> {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.iter().map(|(k, n)| (*k, *n)).collect()
+    }
+
     /// Takes one slot for `ip`, or `None` when `max` are open already.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, max: u32) -> Option<ConnectionGuard> {
         let key = limit_key(ip);
@@ -128,6 +151,7 @@ impl ConnectionCounts {
         Some(ConnectionGuard {
             counts: self.clone(),
             key,
+            shared: false,
         })
     }
 
@@ -139,19 +163,38 @@ impl ConnectionCounts {
 
 /// One open tunnel's slot; dropping it frees the slot. Entries at zero are
 /// removed, so the map is bounded by the number of open tunnels.
+/// The flag fits the padding after the address: a tunnel holds no more
+/// than before the cluster existed.
 #[derive(Debug)]
 pub struct ConnectionGuard {
     counts: Arc<ConnectionCounts>,
     key: IpAddr,
+    /// Also counted in the counts' [`SharedCount`], which is told on drop.
+    shared: bool,
+}
+
+impl ConnectionGuard {
+    /// This slot is counted in the shared store too (or will be, by its next
+    /// re-sync), so freeing it must be reported there.
+    pub fn counted_shared(&mut self) {
+        self.shared = self.counts.shared.is_some();
+    }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        let mut counts = self.counts.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = counts.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.key);
+        {
+            let mut counts = self.counts.counts.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = counts.get_mut(&self.key) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&self.key);
+                }
+            }
+        }
+        if self.shared {
+            if let Some(shared) = &self.counts.shared {
+                shared.release(self.key);
             }
         }
     }
@@ -207,6 +250,12 @@ mod tests {
         drop(a);
         assert_eq!(counts.open(ip), 1);
         assert!(counts.try_acquire(ip, 2).is_some());
+    }
+
+    /// Every tunnel holds one guard: the cluster's flag must not grow it.
+    #[test]
+    fn a_guard_is_no_bigger_with_the_cluster_flag() {
+        assert_eq!(std::mem::size_of::<ConnectionGuard>(), 32);
     }
 
     #[test]

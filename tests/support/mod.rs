@@ -711,3 +711,4 @@ pub async fn raw_ws(addr: SocketAddr, path: &str) -> TcpStream {
 }
 
 pub mod hostile;
+pub mod redis_server;

@@ -3,7 +3,10 @@
 //!
 //! 1. `admit`: the local checks, in the contract's order: validate
 //!    (400/426) → origin (403) → handshake rate (429 + Retry-After) → per-IP
-//!    tunnel cap (429). The backend is not contacted until all have passed.
+//!    tunnel cap (429) → tunnel caps (503); then, with `[cluster]`, the same
+//!    per-IP rate and cap across every instance (`admit_shared`: one Redis
+//!    call, only for what the local checks admitted). The backend is not
+//!    contacted until all have passed.
 //! 2. `offer` and `reach`: the request toward the backend, sent to one
 //!    of the route's backends (refusers ejected, the next one tried) and
 //!    answered within `handshake_timeout` (502/504).
@@ -28,6 +31,7 @@ use super::error::{text_response, ProxyError};
 use crate::backend::{self, BackendError};
 use crate::headers::{self, Forwarding};
 use crate::metrics::{HandshakeLabel, HandshakeOutcome, RouteLabel};
+use crate::policy::cluster::Verdict;
 use crate::policy::origin;
 use crate::policy::rate::{ConnectionGuard, TunnelSlot};
 use crate::pool::{Attempt, Lease};
@@ -96,7 +100,8 @@ async fn handshake(
     host: Option<&str>,
     mut req: Request<Incoming>,
 ) -> Result<Answered, ProxyError> {
-    let admitted = admit(ctx, picked, host, &req)?;
+    let mut admitted = admit(ctx, picked, host, &req)?;
+    admit_shared(ctx, picked, &mut admitted).await?;
     // `balance = "hash"`: the key as the client sent it.
     let key = picked.route.hash_key.as_ref().and_then(|k| {
         crate::affinity::request_key(
@@ -188,6 +193,30 @@ fn admit(
         guard,
         cap,
     })
+}
+
+/// Step 1b, with `[cluster]`: the per-IP handshake rate and tunnel cap
+/// across every instance sharing the Redis. Redis down or slower than
+/// `cluster.timeout` leaves the local checks' answer standing.
+async fn admit_shared(
+    ctx: &ConnCtx,
+    picked: &Picked<'_>,
+    admitted: &mut Admitted,
+) -> Result<(), ProxyError> {
+    let Some(cluster) = ctx.shared.cluster.current() else {
+        return Ok(());
+    };
+    let ip = admitted.forwarding.client.ip;
+    match cluster.admit(picked.label, ip, &picked.route.limits).await {
+        // A local admission during an outage is in the counts the next
+        // re-sync writes, so its release is reported like the others.
+        Verdict::Admitted | Verdict::Local => {
+            admitted.guard.counted_shared();
+            Ok(())
+        }
+        Verdict::Rate(retry_after) => Err(ProxyError::HandshakeRate { retry_after }),
+        Verdict::Connections => Err(ProxyError::TooManyConnections),
+    }
 }
 
 /// The upgrade request sluice sends to the backend.
