@@ -29,7 +29,8 @@ pub struct HandshakeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TrafficLabel {
     pub route: String,
-    /// `client_to_backend` or `backend_to_client`.
+    /// `client_to_backend` or `backend_to_client`; for Pings, `to_client`
+    /// or `to_backend`.
     pub direction: &'static str,
 }
 
@@ -46,6 +47,14 @@ pub struct EndingLabel {
     pub route: String,
     /// closed, violation, idle, write_stalled, drain, vanished.
     pub ending: &'static str,
+}
+
+/// `sluice_ws_peers_dead_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLabel {
+    pub route: String,
+    /// `client` or `backend`: the side that did not answer.
+    pub side: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -211,6 +220,9 @@ fn latency_histogram() -> Histogram {
 pub struct RouteTraffic {
     pub frames: [Counter; 2],
     pub bytes: [Counter; 2],
+    /// sluice's keep-alive Pings, indexed by the side sent to (client, then
+    /// backend).
+    pub pings: [Counter; 2],
 }
 
 /// Every metric sluice exports.
@@ -226,6 +238,8 @@ pub struct Metrics {
     pub bytes: Family<TrafficLabel, Counter>,
     pub closes: Family<CloseLabel, Counter>,
     pub tunnel_endings: Family<EndingLabel, Counter>,
+    pub pings_sent: Family<TrafficLabel, Counter>,
+    pub peers_dead: Family<DeadLabel, Counter>,
     pub backend_connect_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub handshake_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub reloads: Family<ResultLabel, Counter>,
@@ -256,6 +270,8 @@ impl Metrics {
             bytes: Family::default(),
             closes: Family::default(),
             tunnel_endings: Family::default(),
+            pings_sent: Family::default(),
+            peers_dead: Family::default(),
             backend_connect_seconds: Family::new_with_constructor(latency_histogram),
             handshake_seconds: Family::new_with_constructor(latency_histogram),
             reloads: Family::default(),
@@ -301,6 +317,16 @@ impl Metrics {
             "ws_tunnel_endings",
             "Why tunnels ended",
             m.tunnel_endings.clone(),
+        );
+        registry.register(
+            "ws_pings_sent",
+            "Keep-alive Pings sluice sent to a silent side, by route and the side sent to",
+            m.pings_sent.clone(),
+        );
+        registry.register(
+            "ws_peers_dead",
+            "Sides that did not answer sluice's Ping within ping_timeout (their tunnel was closed), by route and side",
+            m.peers_dead.clone(),
         );
         registry.register(
             "backend_connect_seconds",
@@ -366,9 +392,18 @@ impl Metrics {
                     .clone()
             })
         };
+        let pings = ["to_client", "to_backend"].map(|direction| {
+            self.pings_sent
+                .get_or_create(&TrafficLabel {
+                    route: route.to_owned(),
+                    direction,
+                })
+                .clone()
+        });
         let t = std::sync::Arc::new(RouteTraffic {
             frames: counters(&self.frames),
             bytes: counters(&self.bytes),
+            pings,
         });
         traffic.insert(route.to_owned(), t.clone());
         t

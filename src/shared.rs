@@ -2,6 +2,7 @@
 //! one unit on reload, and the process-wide state that must outlive any one
 //! snapshot (the backend HTTP pool, per-IP tunnel counts, the drain signal).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -9,8 +10,10 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ConfigError};
+use crate::config::OnBackendRemoved;
 use crate::conn::{client_ceiling, Ceiling, LogGate};
 use crate::policy::rate::{ConnectionCounts, HandshakeLimiter, TunnelCounts};
+use crate::relay::{Closing, Spread};
 use crate::route::Router;
 
 /// Everything derived from one config file. A connection takes one snapshot
@@ -135,6 +138,8 @@ pub struct Shared {
     pub tunnels: Arc<Tracker>,
     pub metrics: crate::metrics::Metrics,
     shutdown: watch::Sender<bool>,
+    /// How the daemon asks open tunnels to close (drain, backend removal).
+    pub tunnel_signals: TunnelSignals,
 }
 
 impl Shared {
@@ -155,6 +160,7 @@ impl Shared {
             tunnels: Arc::default(),
             metrics,
             shutdown: watch::channel(false).0,
+            tunnel_signals: TunnelSignals::default(),
         })
     }
 
@@ -172,7 +178,46 @@ impl Shared {
             snapshot.config.server.max_client_connections,
         ));
         self.metrics.set_certificates(snapshot.sites.as_deref());
-        self.current.store(snapshot);
+        let old = self.current.swap(snapshot.clone());
+        self.close_removed_backends(&old, &snapshot);
+    }
+
+    /// `on_backend_removed = "close"`: the tunnels to a backend that `new`
+    /// no longer has on a route (by its label) get their Close frames
+    /// spread over `drain_spread`. The route's setting in `new` decides (in
+    /// `old` when `new` has no such route). A backend is known by its
+    /// `host:port`; one that comes back is no longer marked removed.
+    fn close_removed_backends(&self, old: &Snapshot, new: &Snapshot) {
+        let window = new.config.server.spread_window();
+        let now: HashMap<&str, &crate::config::Route> =
+            new.router.routes().collect();
+        for (label, route) in old.router.routes() {
+            let still = now.get(label);
+            let policy = still.map_or(route.on_backend_removed, |r| r.on_backend_removed);
+            if policy != OnBackendRemoved::Close {
+                continue;
+            }
+            for backend in &route.backends {
+                let authority = backend.authority();
+                let kept = still.is_some_and(|r| {
+                    r.backends.iter().any(|b| b.authority() == authority)
+                });
+                if !kept {
+                    tracing::info!(
+                        route = label,
+                        backend = authority,
+                        spread_ms = window.as_millis() as u64,
+                        "backend removed by reload; its tunnels get Close 1012"
+                    );
+                    self.tunnel_signals.backend_removed(label, &authority, window);
+                }
+            }
+        }
+        for (label, route) in new.router.routes() {
+            for backend in &route.backends {
+                self.tunnel_signals.backend_present(label, &backend.authority());
+            }
+        }
     }
 
     /// Turns true once when the process starts draining.
@@ -180,7 +225,10 @@ impl Shared {
         self.shutdown.subscribe()
     }
 
-    pub fn start_drain(&self) {
+    /// Starts the drain: listeners stop, and every tunnel gets Close 1001
+    /// at its moment in `spread` (see [`Spread::slot`]).
+    pub fn start_drain(&self, spread: std::time::Duration) {
+        self.tunnel_signals.drain(spread);
         self.shutdown.send_replace(true);
     }
 
@@ -192,6 +240,81 @@ impl Shared {
     pub fn evict_idle(&self) {
         for l in &self.snapshot().handshake_limiters {
             l.evict_idle();
+        }
+    }
+}
+
+/// The channels through which the daemon asks open tunnels to close: one
+/// per (route label, backend `host:port`) ever seen, so a backend removal
+/// wakes only that backend's tunnels and the drain wakes each tunnel once.
+/// A tunnel holds one receiver, the size of the drain signal it replaces.
+#[derive(Debug, Default)]
+pub struct TunnelSignals(std::sync::Mutex<Signals>);
+
+#[derive(Debug, Default)]
+struct Signals {
+    by_route: HashMap<String, HashMap<String, watch::Sender<Closing>>>,
+    /// Set once the drain has started, for channels made after it.
+    drain: Option<Arc<Spread>>,
+}
+
+impl TunnelSignals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Signals> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The channel of a tunnel on `route` to `backend`.
+    pub fn subscribe(&self, route: &str, backend: &str) -> watch::Receiver<Closing> {
+        let mut signals = self.lock();
+        let drain = signals.drain.clone();
+        let by_backend = match signals.by_route.get_mut(route) {
+            Some(b) => b,
+            None => signals.by_route.entry(route.to_owned()).or_default(),
+        };
+        match by_backend.get(backend) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(Closing {
+                    drain,
+                    removed: None,
+                });
+                by_backend.insert(backend.to_owned(), tx);
+                rx
+            }
+        }
+    }
+
+    /// Every tunnel, now and later, closes at its moment in `window`.
+    pub fn drain(&self, window: std::time::Duration) {
+        let mut signals = self.lock();
+        let spread = Arc::new(Spread::new(window));
+        signals.drain = Some(spread.clone());
+        for tx in signals.by_route.values().flat_map(|b| b.values()) {
+            tx.send_modify(|c| c.drain = Some(spread.clone()));
+        }
+    }
+
+    /// The tunnels on `route` to `backend` close, spread over `window`
+    /// (also those opening now, whose upgrade began before the reload).
+    pub fn backend_removed(&self, route: &str, backend: &str, window: std::time::Duration) {
+        let rx = self.subscribe(route, backend);
+        drop(rx);
+        let signals = self.lock();
+        if let Some(tx) = signals.by_route.get(route).and_then(|b| b.get(backend)) {
+            let spread = Arc::new(Spread::new(window));
+            tx.send_modify(|c| c.removed = Some(spread));
+        }
+    }
+
+    /// `backend` is on `route` (again): new tunnels to it stay. Tunnels
+    /// that already took their moment still close; nobody is woken.
+    pub fn backend_present(&self, route: &str, backend: &str) {
+        let signals = self.lock();
+        if let Some(tx) = signals.by_route.get(route).and_then(|b| b.get(backend)) {
+            tx.send_if_modified(|c| {
+                c.removed = None;
+                false
+            });
         }
     }
 }

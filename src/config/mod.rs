@@ -34,8 +34,8 @@ pub use error::ConfigError;
 pub(crate) use host::{normalise_host, parse_port, split_host_port, split_origin};
 pub use host::{Backend, HostMatch, OriginPattern};
 pub use model::{
-    BackendTls, Balance, CertificateFiles, Config, HealthCheck, Limits, Located, OnMessageRate,
-    Route, Server, Tls, WebSocketPolicy,
+    BackendTls, Balance, CertificateFiles, Config, HealthCheck, Limits, Located, OnBackendRemoved,
+    OnMessageRate, Route, Server, Tls, WebSocketPolicy,
 };
 pub use values::parse_duration;
 

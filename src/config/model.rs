@@ -61,6 +61,19 @@ pub struct Server {
     pub max_client_connections_per_ip: u32,
     /// Open tunnels in the process; 0 = no cap. Above it: 503.
     pub max_tunnels: u32,
+    /// The drain's Close frames (and those of `on_backend_removed =
+    /// "close"`) go out spread over this window, at most 90 % of
+    /// `shutdown_grace` (see [`Server::spread_window`]); zero = all at once.
+    pub drain_spread: Duration,
+}
+
+impl Server {
+    /// The window closes are spread over: `drain_spread`, bounded by 90 %
+    /// of `shutdown_grace` so the last tunnels still have time for their
+    /// close handshake before the grace ends.
+    pub fn spread_window(&self) -> Duration {
+        self.drain_spread.min(self.shutdown_grace.mul_f64(0.9))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +127,19 @@ pub struct Route {
     pub limits: Limits,
     /// Open tunnels on this route; 0 = no cap. Above it: 503.
     pub max_tunnels: u32,
+    /// What a reload that removes one of this route's backends does to the
+    /// tunnels open to it.
+    pub on_backend_removed: OnBackendRemoved,
+}
+
+/// `route.on_backend_removed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBackendRemoved {
+    /// Open tunnels stay until they end by themselves.
+    Keep,
+    /// Close 1012 to the client and 1001 to the backend, spread over
+    /// `server.drain_spread`.
+    Close,
 }
 
 /// TLS settings toward a route's `https://` backends.
@@ -162,6 +188,10 @@ pub struct WebSocketPolicy {
     /// A tunnel older than this (±10 % jitter) gets Close 1001 both ways;
     /// zero = no limit.
     pub max_lifetime: std::time::Duration,
+    /// A side silent this long gets a Ping from sluice; zero = no pings.
+    pub ping_interval: std::time::Duration,
+    /// No frame back within this after sluice's Ping: that side is dead.
+    pub ping_timeout: std::time::Duration,
 }
 
 impl Default for WebSocketPolicy {
@@ -173,6 +203,8 @@ impl Default for WebSocketPolicy {
             allow_missing_origin: true,
             strip_compression: false,
             max_lifetime: std::time::Duration::ZERO,
+            ping_interval: std::time::Duration::from_secs(30),
+            ping_timeout: std::time::Duration::from_secs(15),
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct RawServer {
     pub max_client_connections_per_ip: Option<u32>,
     /// Open tunnels process-wide; 0 = no cap.
     pub max_tunnels: Option<u32>,
+    /// Drains and backend removals close tunnels spread over this window.
+    pub drain_spread: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +91,8 @@ pub struct RawWebSocket {
     pub allow_missing_origin: Option<bool>,
     pub strip_compression: Option<bool>,
     pub max_lifetime: Option<Spanned<HumanDuration>>,
+    pub ping_interval: Option<Spanned<HumanDuration>>,
+    pub ping_timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// Both `[limits]` and `[route.limits]`, like [`RawWebSocket`].
@@ -118,6 +122,9 @@ pub struct RawRoute {
     pub limits: Option<RawLimits>,
     /// Open tunnels on this route; 0 = no cap.
     pub max_tunnels: Option<u32>,
+    /// `"keep"` or `"close"`: what a reload that removes a backend does to
+    /// its tunnels.
+    pub on_backend_removed: Option<Spanned<String>>,
 }
 
 /// `health_check = { path = "/healthz", interval = "5s", ... }` on a route.

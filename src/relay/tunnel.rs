@@ -11,7 +11,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
 use crate::conn::Kept;
-use crate::metrics::{CloseLabel, EndingLabel, Metrics, RouteLabel};
+use crate::metrics::{CloseLabel, DeadLabel, EndingLabel, Metrics, RouteLabel};
 use crate::policy::rate::{ConnectionGuard, TunnelSlot};
 use crate::pool::Lease;
 use crate::shared::{Shared, Tracked};
@@ -61,7 +61,9 @@ impl Tunnel {
     /// hyper completes the client upgrade only after the response is written.
     pub fn spawn(self, shared: Arc<Shared>, holds: Holds) {
         let live = shared.metrics.route_traffic(&self.who.route);
-        let shutdown = shared.shutdown_signal();
+        let closing = shared
+            .tunnel_signals
+            .subscribe(&self.who.route, &self.who.backend);
         tokio::spawn(async move {
             let who = self.who;
             let client = match self.client.await {
@@ -87,7 +89,7 @@ impl Tunnel {
                 self.backend_pre,
                 self.policy,
                 live,
-                shutdown,
+                closing,
             )
             .await;
             open.dec();
@@ -124,6 +126,18 @@ fn record(who: &Who, report: &Report, metrics: &Metrics) {
                 })
                 .inc();
         }
+    }
+    if let super::Ending::Dead(side) = report.ending {
+        metrics
+            .peers_dead
+            .get_or_create(&DeadLabel {
+                route: route.clone(),
+                side: match side {
+                    Side::Client => "client",
+                    Side::Backend => "backend",
+                },
+            })
+            .inc();
     }
     metrics
         .tunnel_endings
