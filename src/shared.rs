@@ -9,8 +9,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ConfigError};
 use crate::config::OnBackendRemoved;
+use crate::config::{Config, ConfigError};
 use crate::conn::{client_ceiling, Ceiling, LogGate};
 use crate::policy::rate::{ConnectionCounts, HandshakeLimiter, TunnelCounts};
 use crate::relay::{Closing, Spread};
@@ -189,8 +189,7 @@ impl Shared {
     /// `host:port`; one that comes back is no longer marked removed.
     fn close_removed_backends(&self, old: &Snapshot, new: &Snapshot) {
         let window = new.config.server.spread_window();
-        let now: HashMap<&str, &crate::config::Route> =
-            new.router.routes().collect();
+        let now: HashMap<&str, &crate::config::Route> = new.router.routes().collect();
         for (label, route) in old.router.routes() {
             let still = now.get(label);
             let policy = still.map_or(route.on_backend_removed, |r| r.on_backend_removed);
@@ -199,9 +198,8 @@ impl Shared {
             }
             for backend in &route.backends {
                 let authority = backend.authority();
-                let kept = still.is_some_and(|r| {
-                    r.backends.iter().any(|b| b.authority() == authority)
-                });
+                let kept =
+                    still.is_some_and(|r| r.backends.iter().any(|b| b.authority() == authority));
                 if !kept {
                     tracing::info!(
                         route = label,
@@ -209,13 +207,15 @@ impl Shared {
                         spread_ms = window.as_millis() as u64,
                         "backend removed by reload; its tunnels get Close 1012"
                     );
-                    self.tunnel_signals.backend_removed(label, &authority, window);
+                    self.tunnel_signals
+                        .backend_removed(label, &authority, window);
                 }
             }
         }
         for (label, route) in new.router.routes() {
             for backend in &route.backends {
-                self.tunnel_signals.backend_present(label, &backend.authority());
+                self.tunnel_signals
+                    .backend_present(label, &backend.authority());
             }
         }
     }

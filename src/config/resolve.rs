@@ -923,8 +923,14 @@ backends = ["name:1"]
         .unwrap();
         assert_eq!(c.server.spread_window(), Duration::from_secs(18));
         let (a, b) = (&c.routes[0], &c.routes[1]);
-        assert_eq!((a.websocket.ping_interval, a.websocket.ping_timeout), (Duration::ZERO, Duration::from_secs(5)));
-        assert_eq!((b.websocket.ping_interval, b.websocket.ping_timeout), (Duration::from_secs(10), Duration::from_secs(5)));
+        assert_eq!(
+            (a.websocket.ping_interval, a.websocket.ping_timeout),
+            (Duration::ZERO, Duration::from_secs(5))
+        );
+        assert_eq!(
+            (b.websocket.ping_interval, b.websocket.ping_timeout),
+            (Duration::from_secs(10), Duration::from_secs(5))
+        );
         assert_eq!(a.on_backend_removed, OnBackendRemoved::Close);
         assert_eq!(b.on_backend_removed, OnBackendRemoved::Keep);
     }

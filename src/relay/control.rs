@@ -168,12 +168,7 @@ impl Control {
     /// When the planned end comes and why, if one is planned.
     fn planned(&self) -> Option<(Instant, u64)> {
         let p = self.planned_end.load(Ordering::Relaxed);
-        (p != 0).then(|| {
-            (
-                self.at(p & ((1 << PLAN_SHIFT) - 1)),
-                p >> PLAN_SHIFT,
-            )
-        })
+        (p != 0).then(|| (self.at(p & ((1 << PLAN_SHIFT) - 1)), p >> PLAN_SHIFT))
     }
 
     /// Plans the end for `at` (for `cause`) unless an earlier one is planned.
@@ -369,7 +364,7 @@ impl Control {
         }
     }
 
-/// What the finished tunnel did; its traffic is flushed first.
+    /// What the finished tunnel did; its traffic is flushed first.
     pub fn report(&self) -> Report {
         self.flush();
         let load = |a: &PerDirection<AtomicU64>, d| a[d].load(Ordering::Relaxed);

@@ -330,10 +330,7 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
                     }
                 }
                 Phase::Ping {
-                    frame,
-                    n,
-                    written,
-                    ..
+                    frame, n, written, ..
                 } => {
                     let receiver = self.dir.receiver();
                     let mut at = usize::from(*written);

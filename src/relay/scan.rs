@@ -721,7 +721,10 @@ mod tests {
         let own = client(0x8a, b"own");
         for cut in 0..own.len() {
             let mut s = Scanner::new(C2B);
-            assert_eq!(s.walk(&RULES, &own[..cut], &mut OwnPong), (0, Walk::NeedMore));
+            assert_eq!(
+                s.walk(&RULES, &own[..cut], &mut OwnPong),
+                (0, Walk::NeedMore)
+            );
         }
         let text = client(0x81, b"hi");
         let other = client(0x8a, b"not");
@@ -735,6 +738,9 @@ mod tests {
         );
         assert!(s.at_boundary());
         let rest = &bytes[text.len() + own.len()..];
-        assert_eq!(s.walk(&RULES, rest, &mut OwnPong), (other.len(), Walk::NeedMore));
+        assert_eq!(
+            s.walk(&RULES, rest, &mut OwnPong),
+            (other.len(), Walk::NeedMore)
+        );
     }
 }

@@ -636,3 +636,4 @@ pub async fn raw_ws(addr: SocketAddr, path: &str) -> TcpStream {
 }
 
 pub mod hostile;
+pub mod tunnels;
