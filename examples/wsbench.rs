@@ -436,7 +436,14 @@ async fn answer_ping<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut payload = vec![0u8; usize::from(len_byte & 0x7f)];
     s.read_exact(&mut payload).await?;
-    let mut pong = vec![0x80 | frame::opcode::PONG, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    let mut pong = vec![
+        0x80 | frame::opcode::PONG,
+        0x80 | payload.len() as u8,
+        0,
+        0,
+        0,
+        0,
+    ];
     pong.extend_from_slice(&payload);
     s.write_all(&pong).await?;
     s.flush().await
@@ -472,7 +479,14 @@ async fn hold(s: Conn, until: Instant) -> (u64, bool) {
             if rd.read_exact(&mut payload).await.is_err() {
                 break false;
             }
-            let mut pong = vec![0x80 | frame::opcode::PONG, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+            let mut pong = vec![
+                0x80 | frame::opcode::PONG,
+                0x80 | payload.len() as u8,
+                0,
+                0,
+                0,
+                0,
+            ];
             pong.extend_from_slice(&payload);
             let _ = tx.send(pong);
             pings += 1;
