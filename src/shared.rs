@@ -258,6 +258,26 @@ struct Signals {
     drain: Option<Arc<Spread>>,
 }
 
+impl Signals {
+    /// The channel of (`route`, `backend`), made on first use (already
+    /// draining if the drain has started).
+    fn sender(&mut self, route: &str, backend: &str) -> &watch::Sender<Closing> {
+        let drain = self.drain.clone();
+        if !self.by_route.contains_key(route) {
+            self.by_route.insert(route.to_owned(), HashMap::new());
+        }
+        let by_backend = self.by_route.get_mut(route).expect("inserted above");
+        if !by_backend.contains_key(backend) {
+            let closing = Closing {
+                drain,
+                removed: None,
+            };
+            by_backend.insert(backend.to_owned(), watch::Sender::new(closing));
+        }
+        &by_backend[backend]
+    }
+}
+
 impl TunnelSignals {
     fn lock(&self) -> std::sync::MutexGuard<'_, Signals> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
@@ -265,23 +285,7 @@ impl TunnelSignals {
 
     /// The channel of a tunnel on `route` to `backend`.
     pub fn subscribe(&self, route: &str, backend: &str) -> watch::Receiver<Closing> {
-        let mut signals = self.lock();
-        let drain = signals.drain.clone();
-        let by_backend = match signals.by_route.get_mut(route) {
-            Some(b) => b,
-            None => signals.by_route.entry(route.to_owned()).or_default(),
-        };
-        match by_backend.get(backend) {
-            Some(tx) => tx.subscribe(),
-            None => {
-                let (tx, rx) = watch::channel(Closing {
-                    drain,
-                    removed: None,
-                });
-                by_backend.insert(backend.to_owned(), tx);
-                rx
-            }
-        }
+        self.lock().sender(route, backend).subscribe()
     }
 
     /// Every tunnel, now and later, closes at its moment in `window`.
@@ -297,13 +301,10 @@ impl TunnelSignals {
     /// The tunnels on `route` to `backend` close, spread over `window`
     /// (also those opening now, whose upgrade began before the reload).
     pub fn backend_removed(&self, route: &str, backend: &str, window: std::time::Duration) {
-        let rx = self.subscribe(route, backend);
-        drop(rx);
-        let signals = self.lock();
-        if let Some(tx) = signals.by_route.get(route).and_then(|b| b.get(backend)) {
-            let spread = Arc::new(Spread::new(window));
-            tx.send_modify(|c| c.removed = Some(spread));
-        }
+        let spread = Arc::new(Spread::new(window));
+        self.lock()
+            .sender(route, backend)
+            .send_modify(|c| c.removed = Some(spread));
     }
 
     /// `backend` is on `route` (again): new tunnels to it stay. Tunnels
