@@ -255,3 +255,64 @@ async fn a_large_fragmented_message_flows_byte_identical_while_pings_fall_due_bo
     );
     println!("pings between fragments: {pings_to_backend} to the backend, {pings_to_client} to the client");
 }
+
+/// README decision: sluice's own Ping and the Pong answering it are not
+/// tunnel traffic, so peers that answer but say nothing still reach
+/// `idle_timeout`.
+#[tokio::test]
+async fn answered_pings_do_not_keep_an_idle_tunnel_past_idle_timeout() {
+    let backend = RecordingWs::start().await;
+    let s = Sluice::to(backend.addr, "idle_timeout = \"2s\"", &pings("300ms", "1s")).await;
+    let opened = Instant::now();
+    let mut client = ws_plain(s.plain_addr, "/").await;
+    // tungstenite answers every Ping while expect_close reads.
+    let code = expect_close(&mut client).await;
+    let after = opened.elapsed();
+    assert_eq!(code, 1001);
+    assert!(
+        after >= Duration::from_millis(1900) && after <= Duration::from_millis(3000),
+        "closed after {after:?} (idle_timeout 2s)"
+    );
+    let pongs = backend
+        .received(0)
+        .iter()
+        .filter(|(_, m)| m.is_pong())
+        .count();
+    assert_eq!(pongs, 0, "a Pong to sluice's Ping reached the backend");
+}
+
+/// A client that stops reading while the backend keeps sending (its
+/// window full, so not even a Ping can be written to it) is dead after
+/// interval + timeout as well, not after idle_timeout's stalled-writer rule.
+#[tokio::test]
+async fn a_client_that_stops_reading_under_a_stream_is_dead_after_interval_and_timeout() {
+    let (backend, mut sockets) = raw_ws_backend().await;
+    let s = Sluice::to(backend, "", &pings("1s", "1s")).await;
+    let opened = Instant::now();
+    let _client = raw_ws(s.plain_addr, "/").await;
+    let backend = within("the backend's socket", sockets.recv())
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = backend.into_split();
+    let writer = tokio::spawn(async move {
+        let frame = frame_bytes(true, 0, 2, None, &[7u8; 16 * 1024]);
+        while wr.write_all(&frame).await.is_ok() {}
+    });
+    let close = within("the backend's Close", async {
+        loop {
+            match read_frame(&mut rd).await {
+                Some(f) if f.opcode == 8 => break f,
+                Some(_) => continue,
+                None => panic!("EOF before a Close"),
+            }
+        }
+    })
+    .await;
+    let after = opened.elapsed();
+    writer.abort();
+    assert_eq!(close.close_code(), Some(1001));
+    assert!(
+        after >= Duration::from_millis(1900) && after <= Duration::from_millis(3500),
+        "the backend's Close came after {after:?} (interval 1s + timeout 1s)"
+    );
+}
