@@ -8,8 +8,9 @@
 #
 #   bench/pings.sh                       # N=9000 HOLD=20 PING_INTERVAL=2s, ~2 minutes
 #   N=2000 HOLD=10 bench/pings.sh        # quicker
-#   BIN=/tmp/sluice-base bench/pings.sh  # another binary (pings off only,
-#                                        # if it has no ping_interval key: OFF_ONLY=1)
+#   BIN=/tmp/sluice-base OFF_ONLY=1 bench/pings.sh
+#                                        # another binary (one without pings:
+#                                        # one run, config without ping keys)
 #
 # Same setup as bench/compare.sh's idle scenario: sluice on CPU 0 with
 # bench/conf/sluice.toml, wsbench echo and the client on CPU 1, plain ws.
@@ -61,8 +62,8 @@ run() { # LABEL PING_INTERVAL
   sleep 1
 }
 
+if [ "$OFF_ONLY" = 1 ]; then run base ""; exit 0; fi
 off=$(run off 0s); echo "$off"
-[ "$OFF_ONLY" = 1 ] && exit 0
 on=$(run on "$PING_INTERVAL"); echo "$on"
 python3 - "$off" "$on" "$N" "$HOLD" "$PING_INTERVAL" <<'PY'
 import sys
