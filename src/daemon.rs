@@ -223,6 +223,11 @@ impl Running {
             .server
             .spread_window()
             .min(grace.mul_f64(0.9));
+        tracing::info!(
+            tunnels = tunnels_before,
+            spread_ms = spread.as_millis() as u64,
+            "closing tunnels spread over the drain window"
+        );
         self.shared.start_drain(spread);
         for (_, (_, task)) in self.listeners {
             task.abort();

@@ -45,7 +45,8 @@ pub struct CloseLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndingLabel {
     pub route: String,
-    /// closed, violation, idle, write_stalled, drain, vanished.
+    /// closed, violation, idle, write_stalled, drain, lifetime, vanished,
+    /// peer_dead, backend_removed.
     pub ending: &'static str,
 }
 
