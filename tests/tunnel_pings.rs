@@ -316,3 +316,55 @@ async fn a_client_that_stops_reading_under_a_stream_is_dead_after_interval_and_t
         "the backend's Close came after {after:?} (interval 1s + timeout 1s)"
     );
 }
+
+/// WebSocket over h2 (RFC 8441): the tunnel is an h2 stream, which cannot
+/// signal readiness; pings go into it at frame boundaries all the same.
+#[tokio::test]
+async fn a_silent_client_over_h2_gets_a_ping_and_its_pong_stays_with_sluice() {
+    use bytes::Bytes;
+    use support::hostile::{h2_over_tls, ws_connect_request};
+    let backend = RecordingWs::start().await;
+    let s = Sluice::to(backend.addr, "", &pings("500ms", "5s")).await;
+    let send = h2_over_tls(s.tls_addr, &s.cert).await;
+    let mut send = within("h2 ready", send.ready()).await.unwrap();
+    let (resp, mut stream) = send
+        .send_request(ws_connect_request(s.tls_addr.port(), "/", &[]), false)
+        .unwrap();
+    let resp = within("extended CONNECT", resp).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let chunk = within("the Ping over h2", body.data())
+            .await
+            .expect("stream ended")
+            .unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    let ping = read_frame(&mut &got[..]).await.expect("a whole frame");
+    assert_eq!(
+        (ping.opcode, ping.masked, ping.payload.len()),
+        (9, false, 8),
+        "{ping:?}"
+    );
+    let mut answer = frame_bytes(true, 0, 10, Some(KEY), &ping.payload);
+    answer.extend(frame_bytes(true, 0, 1, Some(KEY), b"over h2"));
+    stream.send_data(Bytes::from(answer), false).unwrap();
+    within("the message at the backend", async {
+        while !backend
+            .received(0)
+            .iter()
+            .any(|(_, m)| m == &Message::Text("over h2".into()))
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let pongs = backend
+        .received(0)
+        .iter()
+        .filter(|(_, m)| m.is_pong())
+        .count();
+    assert_eq!(pongs, 0, "sluice's Pong reached the backend over h2");
+}
