@@ -262,3 +262,72 @@ async fn a_reload_that_removes_a_backend_keeps_its_tunnels_by_default() {
     still_echoes(&mut a2, "the tunnel to the kept backend").await;
     still_echoes(&mut b, "the other route's tunnel").await;
 }
+
+/// The removal's closes are spread over drain_spread like a drain's.
+#[tokio::test]
+async fn the_closes_of_a_removed_backend_are_spread_over_drain_spread() {
+    let (b1, b2) = (RecordingWs::start().await, RecordingWs::start().await);
+    let close = "on_backend_removed = \"close\"";
+    let server = "drain_spread = \"2s\"";
+    let both = format!("\"{}\", \"B2\"", b1.addr);
+    let mut s = Sluice::start(
+        server,
+        &format!("{MANY_FROM_ONE_IP}{}", two_routes(&b1, &b2, &both, close)),
+    )
+    .await;
+    // Round robin: even tunnels to b1, odd ones to b2.
+    let mut tunnels = Vec::new();
+    for i in 0..40 {
+        let mut ws = ws_plain(s.plain_addr, "/a").await;
+        echo_once(&mut ws, Message::Text(format!("tunnel {i}"))).await;
+        tunnels.push(ws);
+    }
+    assert_eq!((b1.connections(), b2.connections()), (20, 20));
+    let on_b1 = |i: usize| {
+        let text = Message::Text(format!("tunnel {i}"));
+        (0..20).any(|c| b1.received(c).iter().any(|(_, m)| *m == text))
+    };
+    let (removed, kept): (Vec<_>, Vec<_>) = tunnels
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| on_b1(*i));
+    assert_eq!(removed.len(), 20);
+    // Each read in a task of its own: the moment a Close arrives is kept.
+    let readers: Vec<_> = removed
+        .into_iter()
+        .map(|(_, mut ws)| {
+            tokio::spawn(async move {
+                let code = expect_close(&mut ws).await;
+                (Instant::now(), code)
+            })
+        })
+        .collect();
+    let reloaded = Instant::now();
+    reload(
+        &mut s,
+        server,
+        &format!(
+            "{MANY_FROM_ONE_IP}{}",
+            two_routes(&b1, &b2, "\"B2\"", close)
+        ),
+    )
+    .await;
+    let mut at: Vec<f64> = Vec::new();
+    for r in readers {
+        let (when, code) = r.await.unwrap();
+        assert_eq!(code, 1012);
+        at.push(when.saturating_duration_since(reloaded).as_secs_f64());
+    }
+    at.sort_by(f64::total_cmp);
+    let q = [0.0, 0.25, 0.5, 0.75, 1.0].map(|p| quantile(&at, p));
+    println!("removal closes over a 2 s drain_spread (min, quartiles, max): {q:.3?}");
+    assert!((q[2] - 1.0).abs() < 0.35, "median {:.3} s ({q:.3?})", q[2]);
+    assert!(
+        q[4] < 2.3 && q[4] > 1.4,
+        "last close at {:.3} s ({q:.3?})",
+        q[4]
+    );
+    for (i, mut ws) in kept {
+        still_echoes(&mut ws, &format!("kept tunnel {i}")).await;
+    }
+}
