@@ -13,8 +13,11 @@
 //!   workers each opening a connection, upgrading it, closing it (Close frame,
 //!   then TCP/TLS close) and starting again; prints handshakes per second and
 //!   the CPU of PIDS per handshake.
-//! * `wsbench idle TARGET N PIDS`: opens N idle tunnels, prints the RSS growth
-//!   of PIDS per tunnel, then checks that every tunnel still echoes.
+//! * `wsbench idle TARGET N PIDS [HOLD_SECS]`: opens N idle tunnels, prints the
+//!   RSS growth of PIDS per tunnel, then checks that every tunnel still
+//!   echoes. With HOLD_SECS, it first holds them idle that long answering
+//!   the proxy's keep-alive Pings, and prints the Pings answered and the CPU
+//!   PIDS used meanwhile (the cost of idle tunnels, pings included).
 //!
 //! TARGET is `HOST:PORT` or `ws://HOST:PORT` (cleartext) or `wss://HOST:PORT`
 //! (TLS; needs `--ca PEM`, the certificate the server presents, which is put
@@ -153,13 +156,14 @@ fn main() {
             target(&a[1], &o),
             a[2].parse().unwrap(),
             pids(a.get(3)),
+            a.get(4).map(|h| Duration::from_secs(h.parse().unwrap())),
         )),
         _ => {
             eprintln!(
                 "usage: wsbench echo LISTEN [--cert PEM --key PEM] | copy LISTEN TARGET\n\
                  \x20      | load TARGET CONNS SIZE SECS [PIDS] [RATE]\n\
                  \x20      | handshakes TARGET CONCURRENCY SECS [PIDS]\n\
-                 \x20      | idle TARGET N PIDS\n\
+                 \x20      | idle TARGET N PIDS [HOLD_SECS]\n\
                  TARGET: IP:PORT | ws://IP:PORT | wss://IP:PORT (with --ca PEM [--resume]); PIDS: PID[,PID...]"
             );
             std::process::exit(2);
@@ -279,6 +283,13 @@ async fn echo_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
             let payload = &mut buf[pos + usize::from(h.header_len)..pos + total];
             if let Some(m) = h.mask {
                 frame::apply_mask(payload, m, 0);
+            }
+            if h.opcode == frame::opcode::PING {
+                // A Pong answers a Ping (RFC 6455 §5.5.2), with its payload.
+                push_header(&mut out, 0x80 | frame::opcode::PONG, None, payload.len());
+                out.extend_from_slice(payload);
+                pos += total;
+                continue;
             }
             if h.opcode == frame::opcode::CLOSE {
                 let _ = s.write_all(&out).await;
@@ -403,14 +414,95 @@ async fn upgrade(t: &Target) -> std::io::Result<Conn> {
 async fn ping(s: &mut Conn, x: u8) -> std::io::Result<bool> {
     s.write_all(&[0x82, 0x81, 1, 2, 3, 4, x ^ 1]).await?;
     s.flush().await?;
-    let mut echo = [0u8; 3];
-    s.read_exact(&mut echo).await?;
-    Ok(echo == [0x82, 1, x])
+    loop {
+        let mut echo = [0u8; 2];
+        s.read_exact(&mut echo).await?;
+        if echo[0] == 0x80 | frame::opcode::PING {
+            // The proxy's keep-alive Ping: answered, then on to the echo.
+            answer_ping(s, echo[1]).await?;
+            continue;
+        }
+        let mut x_got = [0u8; 1];
+        s.read_exact(&mut x_got).await?;
+        return Ok(echo == [0x82, 1] && x_got[0] == x);
+    }
+}
+
+/// Reads the payload of a Ping whose second header byte was `len_byte`
+/// (unmasked, under 126 bytes) and answers it with a masked Pong.
+async fn answer_ping<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    len_byte: u8,
+) -> std::io::Result<()> {
+    let mut payload = vec![0u8; usize::from(len_byte & 0x7f)];
+    s.read_exact(&mut payload).await?;
+    let mut pong = vec![
+        0x80 | frame::opcode::PONG,
+        0x80 | payload.len() as u8,
+        0,
+        0,
+        0,
+        0,
+    ];
+    pong.extend_from_slice(&payload);
+    s.write_all(&pong).await?;
+    s.flush().await
+}
+
+/// Holds one idle tunnel until `until`, answering Pings; then checks it
+/// still echoes. Returns the Pings answered and whether it echoed.
+async fn hold(s: Conn, until: Instant) -> (u64, bool) {
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    // One writer (Pongs and the final echo request), one reader, one timer;
+    // no read is ever cancelled half way through a frame.
+    let writer = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if wr.write_all(&b).await.is_err() || wr.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let echo_tx = tx.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(until.into()).await;
+        let _ = echo_tx.send(vec![0x82, 0x81, 1, 2, 3, 4, 9 ^ 1]);
+    });
+    let mut pings = 0;
+    let echoed = loop {
+        let mut h = [0u8; 2];
+        if rd.read_exact(&mut h).await.is_err() {
+            break false;
+        }
+        if h[0] == 0x80 | frame::opcode::PING {
+            let mut payload = vec![0u8; usize::from(h[1] & 0x7f)];
+            if rd.read_exact(&mut payload).await.is_err() {
+                break false;
+            }
+            let mut pong = vec![
+                0x80 | frame::opcode::PONG,
+                0x80 | payload.len() as u8,
+                0,
+                0,
+                0,
+                0,
+            ];
+            pong.extend_from_slice(&payload);
+            let _ = tx.send(pong);
+            pings += 1;
+            continue;
+        }
+        let mut x = [0u8; 1];
+        break rd.read_exact(&mut x).await.is_ok() && h == [0x82, 1] && x[0] == 9;
+    };
+    drop(tx);
+    let _ = writer.await;
+    (pings, echoed)
 }
 
 /// Holds N idle tunnels open; prints the RSS growth of PIDS per tunnel, then
 /// checks that every tunnel still echoes.
-async fn idle(target: Target, n: usize, pids: Vec<u32>) {
+async fn idle(target: Target, n: usize, pids: Vec<u32>, hold_for: Option<Duration>) {
     const PARALLEL: usize = 64;
     let before = rss_kib(&pids);
     let started = Instant::now();
@@ -447,15 +539,41 @@ async fn idle(target: Target, n: usize, pids: Vec<u32>) {
     let open_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(&pids);
+    let opened = tunnels.len();
     let mut ok = 0;
-    for s in &mut tunnels {
-        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(5), ping(s, 9)).await {
-            ok += 1;
+    let mut held = String::new();
+    if let Some(hold_for) = hold_for {
+        let cpu_before = cpu_us(&pids);
+        let until = Instant::now() + hold_for;
+        let tasks: Vec<_> = tunnels
+            .drain(..)
+            .map(|s| tokio::spawn(hold(s, until)))
+            .collect();
+        tokio::time::sleep_until(until.into()).await;
+        let cpu = cpu_us(&pids) - cpu_before;
+        let rss_held = rss_kib(&pids);
+        let mut pings = 0;
+        for t in tasks {
+            if let Ok(Ok((p, echoed))) = tokio::time::timeout(Duration::from_secs(10), t).await {
+                pings += p;
+                ok += usize::from(echoed);
+            }
+        }
+        held = format!(
+            " hold_secs={} pings_answered={pings} cpu_ms_hold={:.0} rss_after_hold_kib={rss_held} kib_per_tunnel_after_hold={:.2}",
+            hold_for.as_secs(),
+            cpu as f64 / 1000.0,
+            (rss_held.saturating_sub(before)) as f64 / opened.max(1) as f64,
+        );
+    } else {
+        for s in &mut tunnels {
+            if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(5), ping(s, 9)).await {
+                ok += 1;
+            }
         }
     }
-    let opened = tunnels.len();
     println!(
-        "tunnels={n} opened={opened} open_secs={open_secs:.1} rss_before_kib={before} rss_after_kib={after} kib_per_tunnel={:.2} still_echoing={ok}{}",
+        "tunnels={n} opened={opened} open_secs={open_secs:.1} rss_before_kib={before} rss_after_kib={after} kib_per_tunnel={:.2} still_echoing={ok}{held}{}",
         (after.saturating_sub(before)) as f64 / opened.max(1) as f64,
         first_err.map(|e| format!(" first_error=\"{e}\"")).unwrap_or_default()
     );

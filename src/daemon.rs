@@ -247,7 +247,21 @@ impl Running {
     /// requests finish, and returns when all are done or `grace` has passed.
     pub async fn drain(self, grace: Duration) -> DrainReport {
         let tunnels_before = self.shared.tunnels.live();
-        self.shared.start_drain();
+        // The Close frames go out spread over drain_spread, which ends
+        // early enough in the grace for the last close handshakes.
+        let spread = self
+            .shared
+            .snapshot()
+            .config
+            .server
+            .spread_window()
+            .min(grace.mul_f64(0.9));
+        tracing::info!(
+            tunnels = tunnels_before,
+            spread_ms = spread.as_millis() as u64,
+            "closing tunnels spread over the drain window"
+        );
+        self.shared.start_drain(spread);
         if let Some((_, task)) = &self.acme {
             task.abort();
         }

@@ -256,6 +256,33 @@ pub fn encode_close(
     pos + payload_len
 }
 
+/// The payload of sluice's own keep-alive Pings.
+pub const PING_TOKEN_LEN: usize = 8;
+/// Room for sluice's Ping: 2 header + 4 mask + the token.
+pub const PING_FRAME_MAX: usize = 2 + 4 + PING_TOKEN_LEN;
+
+/// Encode a FIN Ping frame carrying `token` into `out`, masked with `mask`
+/// when Some (toward the backend). Returns the number of bytes written.
+pub fn encode_ping(
+    token: [u8; PING_TOKEN_LEN],
+    mask: Option<[u8; 4]>,
+    out: &mut [u8; PING_FRAME_MAX],
+) -> usize {
+    out[0] = 0x80 | opcode::PING;
+    out[1] = PING_TOKEN_LEN as u8 | if mask.is_some() { 0x80 } else { 0 };
+    let mut pos = 2;
+    if let Some(key) = mask {
+        out[2..6].copy_from_slice(&key);
+        pos = 6;
+    }
+    let payload = &mut out[pos..pos + PING_TOKEN_LEN];
+    payload.copy_from_slice(&token);
+    if let Some(key) = mask {
+        apply_mask(payload, key, 0);
+    }
+    pos + PING_TOKEN_LEN
+}
+
 /// Unpredictable bytes for masking keys and `Sec-WebSocket-Key`s that
 /// sluice makes itself (RFC 6455 §5.3, §4.1), from the operating system's
 /// CSPRNG.

@@ -8,7 +8,7 @@
 //! ```text
 //! main -> daemon -> server -> proxy -> proxy::{forward, upgrade} -> relay -> relay::scan -> frame
 //!           |         |                 |              |              |
-//!         shared     conn      proxy::{ctx, error}   negotiate,    relay::{half, control,
+//!         shared     conn      proxy::{ctx, error}   negotiate,    relay::{half, control, closing,
 //!           |                  headers, route,       backend_leg     ending, side, buffers}
 //!         config, tls          policy -> config       pool -> backend
 //! ```
@@ -42,7 +42,10 @@
 //! * [`relay`] is a tunnel's life in one folder: `relay::tunnel` (from the
 //!   101 to the log line; the only part that sees hyper), the two
 //!   directions' loop (`half`) and their shared state and watchdog
-//!   (`control`), over [`relay::scan`], the RFC 6455 rules as a sans-IO
+//!   (`control`: idle, keep-alive pings, planned ends), what the daemon asks
+//!   of open tunnels (`relay::closing`: drains and backend removals, spread
+//!   over a window; plain types that [`shared`] publishes, so that leaf is
+//!   the one part of `relay` that `shared` names), over [`relay::scan`], the RFC 6455 rules as a sans-IO
 //!   scanner that the fuzzer, the property tests and the bench drive too.
 //! * [`policy`] is the state behind the limits: `policy::rate` (the local
 //!   per-IP limiters and counts, the tunnel caps), `policy::origin`, and

@@ -29,7 +29,8 @@ pub struct HandshakeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TrafficLabel {
     pub route: String,
-    /// `client_to_backend` or `backend_to_client`.
+    /// `client_to_backend` or `backend_to_client`; for Pings, `to_client`
+    /// or `to_backend`.
     pub direction: &'static str,
 }
 
@@ -44,8 +45,17 @@ pub struct CloseLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndingLabel {
     pub route: String,
-    /// closed, violation, idle, write_stalled, drain, vanished.
+    /// closed, violation, idle, write_stalled, drain, lifetime, vanished,
+    /// peer_dead, backend_removed.
     pub ending: &'static str,
+}
+
+/// `sluice_ws_peers_dead_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLabel {
+    pub route: String,
+    /// `client` or `backend`: the side that did not answer.
+    pub side: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -260,6 +270,9 @@ fn latency_histogram() -> Histogram {
 pub struct RouteTraffic {
     pub frames: [Counter; 2],
     pub bytes: [Counter; 2],
+    /// sluice's keep-alive Pings, indexed by the side sent to (client, then
+    /// backend).
+    pub pings: [Counter; 2],
 }
 
 /// Every metric sluice exports.
@@ -275,6 +288,8 @@ pub struct Metrics {
     pub bytes: Family<TrafficLabel, Counter>,
     pub closes: Family<CloseLabel, Counter>,
     pub tunnel_endings: Family<EndingLabel, Counter>,
+    pub pings_sent: Family<TrafficLabel, Counter>,
+    pub peers_dead: Family<DeadLabel, Counter>,
     pub backend_connect_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub handshake_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub reloads: Family<ResultLabel, Counter>,
@@ -308,6 +323,8 @@ impl Metrics {
             bytes: Family::default(),
             closes: Family::default(),
             tunnel_endings: Family::default(),
+            pings_sent: Family::default(),
+            peers_dead: Family::default(),
             backend_connect_seconds: Family::new_with_constructor(latency_histogram),
             handshake_seconds: Family::new_with_constructor(latency_histogram),
             reloads: Family::default(),
@@ -355,6 +372,16 @@ impl Metrics {
             "ws_tunnel_endings",
             "Why tunnels ended",
             m.tunnel_endings.clone(),
+        );
+        registry.register(
+            "ws_pings_sent",
+            "Keep-alive Pings sluice sent to a silent side, by route and the side sent to",
+            m.pings_sent.clone(),
+        );
+        registry.register(
+            "ws_peers_dead",
+            "Sides that did not answer sluice's Ping within ping_timeout (their tunnel was closed), by route and side",
+            m.peers_dead.clone(),
         );
         registry.register(
             "backend_connect_seconds",
@@ -437,9 +464,18 @@ impl Metrics {
                     .clone()
             })
         };
+        let pings = ["to_client", "to_backend"].map(|direction| {
+            self.pings_sent
+                .get_or_create(&TrafficLabel {
+                    route: route.to_owned(),
+                    direction,
+                })
+                .clone()
+        });
         let t = std::sync::Arc::new(RouteTraffic {
             frames: counters(&self.frames),
             bytes: counters(&self.bytes),
+            pings,
         });
         traffic.insert(route.to_owned(), t.clone());
         t

@@ -41,6 +41,11 @@ impl Router {
         self.routes.iter().map(|e| &e.pool)
     }
 
+    /// Every route with its metrics label, in file order.
+    pub fn routes(&self) -> impl Iterator<Item = (&str, &Route)> {
+        self.routes.iter().map(|e| (e.label.as_str(), &*e.route))
+    }
+
     /// `tls[i]` is the backend TLS config of route `i`.
     pub fn build(config: &Config, tls: Vec<Arc<rustls::ClientConfig>>) -> Router {
         let routes = config

@@ -2,16 +2,19 @@
 //! one unit on reload, and the process-wide state that must outlive any one
 //! snapshot (the backend HTTP pool, per-IP tunnel counts, the drain signal).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::OnBackendRemoved;
 use crate::config::{Config, ConfigError};
 use crate::conn::{client_ceiling, Ceiling, LogGate};
 use crate::policy::cluster::ClusterSlot;
 use crate::policy::rate::{ConnectionCounts, HandshakeLimiter, TunnelCounts};
+use crate::relay::{Closing, Spread};
 use crate::route::Router;
 
 /// Everything derived from one config file. A connection takes one snapshot
@@ -155,6 +158,8 @@ pub struct Shared {
     pub tunnels: Arc<Tracker>,
     pub metrics: crate::metrics::Metrics,
     shutdown: watch::Sender<bool>,
+    /// How the daemon asks open tunnels to close (drain, backend removal).
+    pub tunnel_signals: TunnelSignals,
 }
 
 impl Shared {
@@ -182,6 +187,7 @@ impl Shared {
             tunnels: Arc::default(),
             metrics,
             shutdown: watch::channel(false).0,
+            tunnel_signals: TunnelSignals::default(),
         })
     }
 
@@ -204,7 +210,46 @@ impl Shared {
             &self.connections,
             &self.metrics,
         );
-        self.current.store(snapshot);
+        let old = self.current.swap(snapshot.clone());
+        self.close_removed_backends(&old, &snapshot);
+    }
+
+    /// `on_backend_removed = "close"`: the tunnels to a backend that `new`
+    /// no longer has on a route (by its label) get their Close frames
+    /// spread over `drain_spread`. The route's setting in `new` decides (in
+    /// `old` when `new` has no such route). A backend is known by its
+    /// `host:port`; one that comes back is no longer marked removed.
+    fn close_removed_backends(&self, old: &Snapshot, new: &Snapshot) {
+        let window = new.config.server.spread_window();
+        let now: HashMap<&str, &crate::config::Route> = new.router.routes().collect();
+        for (label, route) in old.router.routes() {
+            let still = now.get(label);
+            let policy = still.map_or(route.on_backend_removed, |r| r.on_backend_removed);
+            if policy != OnBackendRemoved::Close {
+                continue;
+            }
+            for backend in &route.backends {
+                let authority = backend.authority();
+                let kept =
+                    still.is_some_and(|r| r.backends.iter().any(|b| b.authority() == authority));
+                if !kept {
+                    tracing::info!(
+                        route = label,
+                        backend = authority,
+                        spread_ms = window.as_millis() as u64,
+                        "backend removed by reload; its tunnels get Close 1012"
+                    );
+                    self.tunnel_signals
+                        .backend_removed(label, &authority, window);
+                }
+            }
+        }
+        for (label, route) in new.router.routes() {
+            for backend in &route.backends {
+                self.tunnel_signals
+                    .backend_present(label, &backend.authority());
+            }
+        }
     }
 
     /// Turns true once when the process starts draining.
@@ -212,7 +257,10 @@ impl Shared {
         self.shutdown.subscribe()
     }
 
-    pub fn start_drain(&self) {
+    /// Starts the drain: listeners stop, and every tunnel gets Close 1001
+    /// at its moment in `spread` (see [`Spread::slot`]).
+    pub fn start_drain(&self, spread: std::time::Duration) {
+        self.tunnel_signals.drain(spread);
         self.shutdown.send_replace(true);
     }
 
@@ -224,6 +272,82 @@ impl Shared {
     pub fn evict_idle(&self) {
         for l in &self.snapshot().handshake_limiters {
             l.evict_idle();
+        }
+    }
+}
+
+/// The channels through which the daemon asks open tunnels to close: one
+/// per (route label, backend `host:port`) ever seen, so a backend removal
+/// wakes only that backend's tunnels and the drain wakes each tunnel once.
+/// A tunnel holds one receiver, the size of the drain signal it replaces.
+#[derive(Debug, Default)]
+pub struct TunnelSignals(std::sync::Mutex<Signals>);
+
+#[derive(Debug, Default)]
+struct Signals {
+    by_route: HashMap<String, HashMap<String, watch::Sender<Closing>>>,
+    /// Set once the drain has started, for channels made after it.
+    drain: Option<Arc<Spread>>,
+}
+
+impl Signals {
+    /// The channel of (`route`, `backend`), made on first use (already
+    /// draining if the drain has started).
+    fn sender(&mut self, route: &str, backend: &str) -> &watch::Sender<Closing> {
+        let drain = self.drain.clone();
+        if !self.by_route.contains_key(route) {
+            self.by_route.insert(route.to_owned(), HashMap::new());
+        }
+        let by_backend = self.by_route.get_mut(route).expect("inserted above");
+        if !by_backend.contains_key(backend) {
+            let closing = Closing {
+                drain,
+                removed: None,
+            };
+            by_backend.insert(backend.to_owned(), watch::Sender::new(closing));
+        }
+        &by_backend[backend]
+    }
+}
+
+impl TunnelSignals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Signals> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The channel of a tunnel on `route` to `backend`.
+    pub fn subscribe(&self, route: &str, backend: &str) -> watch::Receiver<Closing> {
+        self.lock().sender(route, backend).subscribe()
+    }
+
+    /// Every tunnel, now and later, closes at its moment in `window`.
+    pub fn drain(&self, window: std::time::Duration) {
+        let mut signals = self.lock();
+        let spread = Arc::new(Spread::new(window));
+        signals.drain = Some(spread.clone());
+        for tx in signals.by_route.values().flat_map(|b| b.values()) {
+            tx.send_modify(|c| c.drain = Some(spread.clone()));
+        }
+    }
+
+    /// The tunnels on `route` to `backend` close, spread over `window`
+    /// (also those opening now, whose upgrade began before the reload).
+    pub fn backend_removed(&self, route: &str, backend: &str, window: std::time::Duration) {
+        let spread = Arc::new(Spread::new(window));
+        self.lock()
+            .sender(route, backend)
+            .send_modify(|c| c.removed = Some(spread));
+    }
+
+    /// `backend` is on `route` (again): new tunnels to it stay. Tunnels
+    /// that already took their moment still close; nobody is woken.
+    pub fn backend_present(&self, route: &str, backend: &str) {
+        let signals = self.lock();
+        if let Some(tx) = signals.by_route.get(route).and_then(|b| b.get(backend)) {
+            tx.send_if_modified(|c| {
+                c.removed = None;
+                false
+            });
         }
     }
 }

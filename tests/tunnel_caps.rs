@@ -84,3 +84,35 @@ async fn server_max_tunnels_caps_every_route_together() {
     let _again = accepted_again(&s, "/b").await;
     assert_eq!(backend.connections(), 3);
 }
+
+/// Contract: "caps survive reloads without miscounting open tunnels": the
+/// tunnels opened before a reload still count against the route's cap
+/// after it, and a tunnel closed after it frees its place.
+#[tokio::test]
+async fn tunnels_opened_before_a_reload_still_count_against_the_cap() {
+    let backend = EchoWs::start().await;
+    let route = format!(
+        "[[route]]\nbackends = [\"{}\"]\nmax_tunnels = 2\n",
+        backend.addr
+    );
+    let mut s = Sluice::start("", &route).await;
+    let first = raw_ws(s.plain_addr, "/").await;
+    let _second = raw_ws(s.plain_addr, "/").await;
+    support::tunnels::reload(&mut s, "", &route).await;
+    let (status, head, _) = upgrade(&s, "/").await;
+    assert_eq!(status, 503, "after the reload: {head}");
+    assert_eq!(backend.connections(), 2, "the 503 reached the backend");
+    // A reload that changes the cap: the open tunnels count against the new one.
+    support::tunnels::reload(
+        &mut s,
+        "",
+        &route.replace("max_tunnels = 2", "max_tunnels = 3"),
+    )
+    .await;
+    let _third = raw_ws(s.plain_addr, "/").await;
+    let (status, head, _) = upgrade(&s, "/").await;
+    assert_eq!(status, 503, "at the new cap of 3: {head}");
+    close(first).await;
+    let _again = accepted_again(&s, "/").await;
+    assert_eq!(backend.connections(), 4);
+}

@@ -35,7 +35,8 @@ pub(crate) use host::{normalise_host, parse_port, split_host_port, split_origin}
 pub use host::{Backend, HostMatch, OriginPattern};
 pub use model::{
     Acme, AcmeChallenge, BackendTls, Balance, CertificateFiles, Cluster, Config, HashKey,
-    HealthCheck, Limits, Located, OnMessageRate, ProxyVersion, Route, Server, Tls, WebSocketPolicy,
+    HealthCheck, Limits, Located, OnBackendRemoved, OnMessageRate, ProxyVersion, Route, Server,
+    Tls, WebSocketPolicy,
 };
 pub use values::parse_duration;
 

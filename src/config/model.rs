@@ -76,6 +76,19 @@ pub struct Server {
     /// Peers whose connections must begin with a PROXY header (v1 or v2);
     /// its source address is then the client for every rule.
     pub proxy_protocol: Vec<IpNet>,
+    /// The drain's Close frames (and those of `on_backend_removed =
+    /// "close"`) go out spread over this window, at most 90 % of
+    /// `shutdown_grace` (see [`Server::spread_window`]); zero = all at once.
+    pub drain_spread: Duration,
+}
+
+impl Server {
+    /// The window closes are spread over: `drain_spread`, bounded by 90 %
+    /// of `shutdown_grace` so the last tunnels still have time for their
+    /// close handshake before the grace ends.
+    pub fn spread_window(&self) -> Duration {
+        self.drain_spread.min(self.shutdown_grace.mul_f64(0.9))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +190,9 @@ pub struct Route {
     pub send_proxy_protocol: Option<ProxyVersion>,
     /// What `balance = "hash"` hashes; `Some` exactly when balance is `Hash`.
     pub hash_key: Option<HashKey>,
+    /// What a reload that removes one of this route's backends does to the
+    /// tunnels open to it.
+    pub on_backend_removed: OnBackendRemoved,
 }
 
 /// A PROXY protocol version (HAProxy's proxy-protocol.txt).
@@ -199,6 +215,16 @@ pub enum HashKey {
     Cookie(String),
     /// The (decoded) value of this query parameter.
     Query(String),
+}
+
+/// `route.on_backend_removed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBackendRemoved {
+    /// Open tunnels stay until they end by themselves.
+    Keep,
+    /// Close 1012 to the client and 1001 to the backend, spread over
+    /// `server.drain_spread`.
+    Close,
 }
 
 /// TLS settings toward a route's `https://` backends.
@@ -249,6 +275,10 @@ pub struct WebSocketPolicy {
     /// A tunnel older than this (±10 % jitter) gets Close 1001 both ways;
     /// zero = no limit.
     pub max_lifetime: std::time::Duration,
+    /// A side silent this long gets a Ping from sluice; zero = no pings.
+    pub ping_interval: std::time::Duration,
+    /// No frame back within this after sluice's Ping: that side is dead.
+    pub ping_timeout: std::time::Duration,
 }
 
 impl Default for WebSocketPolicy {
@@ -260,6 +290,8 @@ impl Default for WebSocketPolicy {
             allow_missing_origin: true,
             strip_compression: false,
             max_lifetime: std::time::Duration::ZERO,
+            ping_interval: std::time::Duration::from_secs(30),
+            ping_timeout: std::time::Duration::from_secs(15),
         }
     }
 }

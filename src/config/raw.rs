@@ -68,6 +68,8 @@ pub struct RawServer {
     pub max_tunnels: Option<u32>,
     /// Peers (addresses or CIDRs) whose connections begin with a PROXY header.
     pub proxy_protocol: Option<Vec<Spanned<String>>>,
+    /// Drains and backend removals close tunnels spread over this window.
+    pub drain_spread: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +117,8 @@ pub struct RawWebSocket {
     pub allow_missing_origin: Option<bool>,
     pub strip_compression: Option<bool>,
     pub max_lifetime: Option<Spanned<HumanDuration>>,
+    pub ping_interval: Option<Spanned<HumanDuration>>,
+    pub ping_timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// Both `[limits]` and `[route.limits]`, like [`RawWebSocket`].
@@ -148,6 +152,9 @@ pub struct RawRoute {
     pub send_proxy_protocol: Option<Spanned<String>>,
     /// `"client_ip" | "header:NAME" | "cookie:NAME" | "query:NAME"`, with `balance = "hash"`.
     pub hash_key: Option<Spanned<String>>,
+    /// `"keep"` or `"close"`: what a reload that removes a backend does to
+    /// its tunnels.
+    pub on_backend_removed: Option<Spanned<String>>,
 }
 
 /// `health_check = { path = "/healthz", interval = "5s", ... }` on a route.

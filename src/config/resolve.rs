@@ -21,7 +21,8 @@ use super::error::{self, ConfigError};
 use super::host::{Backend, HostMatch, OriginPattern};
 use super::model::{
     Acme, AcmeChallenge, BackendTls, Balance, CertificateFiles, Cluster, Config, HashKey,
-    HealthCheck, Limits, Located, OnMessageRate, ProxyVersion, Route, Server, Tls, WebSocketPolicy,
+    HealthCheck, Limits, Located, OnBackendRemoved, OnMessageRate, ProxyVersion, Route, Server,
+    Tls, WebSocketPolicy,
 };
 use super::raw::{
     RawAcme, RawCluster, RawConfig, RawLimits, RawRoute, RawServer, RawTls, RawWebSocket,
@@ -269,6 +270,10 @@ impl Source<'_> {
             max_client_connections_per_ip: raw.max_client_connections_per_ip.unwrap_or(0),
             max_tunnels: raw.max_tunnels.unwrap_or(0),
             proxy_protocol,
+            drain_spread: raw
+                .drain_spread
+                .as_ref()
+                .map_or(Duration::from_secs(10), |d| d.get_ref().0),
         })
     }
 
@@ -508,6 +513,21 @@ impl Source<'_> {
                 .max_lifetime
                 .as_ref()
                 .map_or(base.max_lifetime, |d| d.get_ref().0),
+            ping_interval: raw
+                .ping_interval
+                .as_ref()
+                .map_or(base.ping_interval, |d| d.get_ref().0),
+            ping_timeout: match &raw.ping_timeout {
+                None => base.ping_timeout,
+                Some(d) if d.get_ref().0.is_zero() => {
+                    return Err(self.err_at(
+                        d,
+                        format!("{prefix}.ping_timeout"),
+                        "must be longer than 0s: every ping would find its peer dead (turn pings off with ping_interval = \"0s\")",
+                    ))
+                }
+                Some(d) => d.get_ref().0,
+            },
         })
     }
 
@@ -717,6 +737,20 @@ impl Source<'_> {
             max_tunnels: raw.max_tunnels.unwrap_or(0),
             send_proxy_protocol,
             hash_key,
+            on_backend_removed: match &raw.on_backend_removed {
+                None => OnBackendRemoved::Keep,
+                Some(v) => match v.get_ref().as_str() {
+                    "keep" => OnBackendRemoved::Keep,
+                    "close" => OnBackendRemoved::Close,
+                    other => {
+                        return Err(self.err_at(
+                            v,
+                            format!("{prefix}.on_backend_removed"),
+                            format!("expected \"keep\" or \"close\", found {other:?}"),
+                        ))
+                    }
+                },
+            },
         })
     }
 }
@@ -804,6 +838,10 @@ mod tests {
             (format!("{SERVER}handshake_timeout = \"0s\"\n{ROUTE}"), Some(3), "server.handshake_timeout", "longer than 0s"),
             (format!("{SERVER}idle_timeout = \"0ms\"\n{ROUTE}"), Some(3), "server.idle_timeout", "longer than 0s"),
             (format!("{SERVER}handshake_timeout = 10\n{ROUTE}"), Some(3), "server.handshake_timeout", "expected a duration string"),
+            (format!("{SERVER}[websocket]\nping_timeout = \"0s\"\n{ROUTE}"), Some(4), "websocket.ping_timeout", "longer than 0s"),
+            (format!("{SERVER}{ROUTE}[route.websocket]\nping_interval = \"often\"\n"), Some(6), "route[0].websocket.ping_interval", "duration"),
+            (format!("{SERVER}drain_spread = \"-1s\"\n{ROUTE}"), Some(3), "server.drain_spread", "negative"),
+            (format!("{SERVER}{ROUTE}on_backend_removed = \"drop\"\n"), Some(5), "route[0].on_backend_removed", "expected \"keep\" or \"close\", found \"drop\""),
             // Addresses.
             ("[server]\nlisten_plain = [\n  \"127.0.0.1:8080\",\n  \"localhost:8081\",\n]\n[[route]]\nbackends = [\"a:1\"]\n".to_owned(), Some(4), "server.listen_plain[1]", "expected IP:PORT"),
             (format!("{SERVER}admin = \"127.0.0.1\"\n{ROUTE}"), Some(3), "server.admin", "expected IP:PORT"),
@@ -1258,6 +1296,39 @@ backends = ["name:1"]
         let err =
             Config::parse(&format!("[tls]\n{SERVER}{ROUTE}"), Path::new("s.toml")).unwrap_err();
         assert_eq!((err.line, err.key.as_str()), (Some(1), "tls.cert"));
+    }
+
+    /// Pings, the drain spread and `on_backend_removed`: defaults, `[websocket]`
+    /// over them, a route over `[websocket]`, and the spread bounded by the grace.
+    #[test]
+    fn tunnel_ending_keys_resolve_like_the_other_websocket_keys() {
+        let c = parse(&format!("{SERVER}{ROUTE}")).unwrap();
+        let ws = &c.routes[0].websocket;
+        assert_eq!(
+            (ws.ping_interval, ws.ping_timeout),
+            (Duration::from_secs(30), Duration::from_secs(15))
+        );
+        assert_eq!(c.server.drain_spread, Duration::from_secs(10));
+        assert_eq!(c.server.spread_window(), Duration::from_secs(10));
+        assert_eq!(c.routes[0].on_backend_removed, OnBackendRemoved::Keep);
+        let c = parse(&format!(
+            "{SERVER}drain_spread = \"1m\"\nshutdown_grace = \"20s\"\n\
+             [websocket]\nping_interval = \"0s\"\nping_timeout = \"5s\"\n\
+             {ROUTE}on_backend_removed = \"close\"\n{ROUTE}[route.websocket]\nping_interval = \"10s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.server.spread_window(), Duration::from_secs(18));
+        let (a, b) = (&c.routes[0], &c.routes[1]);
+        assert_eq!(
+            (a.websocket.ping_interval, a.websocket.ping_timeout),
+            (Duration::ZERO, Duration::from_secs(5))
+        );
+        assert_eq!(
+            (b.websocket.ping_interval, b.websocket.ping_timeout),
+            (Duration::from_secs(10), Duration::from_secs(5))
+        );
+        assert_eq!(a.on_backend_removed, OnBackendRemoved::Close);
+        assert_eq!(b.on_backend_removed, OnBackendRemoved::Keep);
     }
 
     #[test]

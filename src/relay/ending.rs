@@ -21,6 +21,9 @@ impl CloseCode {
     pub const POLICY_VIOLATION: CloseCode = CloseCode::new(1008);
     /// 1009: a frame or message too big.
     pub const TOO_BIG: CloseCode = CloseCode::new(1009);
+    /// 1012: service restart; the client should reconnect (a reload took
+    /// its backend away, `on_backend_removed = "close"`).
+    pub const SERVICE_RESTART: CloseCode = CloseCode::new(1012);
 
     const fn new(code: u16) -> CloseCode {
         match NonZeroU16::new(code) {
@@ -44,6 +47,7 @@ impl CloseCode {
             1009 => "frame too large",
             1008 => "policy violation",
             1002 => "protocol error",
+            1012 => "service restart",
             _ => "going away",
         }
     }
@@ -73,6 +77,12 @@ pub enum Ending {
     Lifetime,
     /// A peer closed or reset its stream without sending a Close first.
     Vanished(Side),
+    /// A side silent for `ping_interval` did not answer sluice's Ping
+    /// within `ping_timeout` (or could not even be sent one).
+    Dead(Side),
+    /// A reload removed the tunnel's backend from a route with
+    /// `on_backend_removed = "close"`.
+    BackendRemoved,
 }
 
 impl Ending {
@@ -97,7 +107,8 @@ impl Ending {
             }
             Ending::Idle | Ending::Drain | Ending::Lifetime => PerSide::new(away, away),
             Ending::WriteStalled { toward } => only(toward.other(), away),
-            Ending::Vanished(side) => only(side.other(), away),
+            Ending::Vanished(side) | Ending::Dead(side) => only(side.other(), away),
+            Ending::BackendRemoved => PerSide::new(Some(CloseCode::SERVICE_RESTART), away),
         }
     }
 
@@ -111,6 +122,8 @@ impl Ending {
             Ending::Drain => "drain",
             Ending::Lifetime => "lifetime",
             Ending::Vanished(_) => "vanished",
+            Ending::Dead(_) => "peer_dead",
+            Ending::BackendRemoved => "backend_removed",
         }
     }
 }
@@ -125,6 +138,8 @@ impl fmt::Display for Ending {
             Ending::Drain => f.write_str("server shutting down"),
             Ending::Lifetime => f.write_str("max_lifetime reached"),
             Ending::Vanished(side) => write!(f, "{side} went away without a close frame"),
+            Ending::Dead(side) => write!(f, "{side} did not answer a ping"),
+            Ending::BackendRemoved => f.write_str("backend removed by a reload"),
         }
     }
 }
@@ -173,6 +188,13 @@ mod tests {
                 away,
             ),
             (Ending::Vanished(Side::Backend), away, None),
+            (Ending::Dead(Side::Client), None, away),
+            (Ending::Dead(Side::Backend), away, None),
+            (
+                Ending::BackendRemoved,
+                Some(CloseCode::SERVICE_RESTART),
+                away,
+            ),
         ];
         for (ending, client, backend) in table {
             assert_eq!(

@@ -19,7 +19,7 @@ use crate::policy::rate::MessageBucket;
 use crate::stream::Peer;
 
 use super::buffers::{self, Pending, BIG_BUF_LEN, BUF_LEN, SMALL_BUF_LEN};
-use super::control::{Control, LINGER};
+use super::control::{ping_token, Control, Insert, LINGER};
 use super::ending::{CloseCode, Ending};
 use super::scan::{Gate, Scanner, Violation, Walk};
 use super::side::{Direction, Side};
@@ -31,6 +31,12 @@ enum Stop {
     Throttle(Duration),
     /// A close was requested for our receiver and we are at a frame boundary.
     InjectClose(CloseCode),
+    /// A keep-alive Ping is due toward our receiver and we are at a frame
+    /// boundary.
+    InjectPing,
+    /// The next this many bytes are the Pong answering sluice's own Ping:
+    /// dropped, not forwarded.
+    Skip(usize),
     Violation(Violation),
 }
 
@@ -42,6 +48,8 @@ enum Input {
     Ended,
     /// A Close was requested toward our receiver while at a frame boundary.
     CloseRequested(CloseCode),
+    /// A Ping is due toward our receiver, and we are at a frame boundary.
+    PingDue,
 }
 
 /// Locks a stream for one poll. Poisoning cannot leave a stream half-updated
@@ -98,6 +106,15 @@ enum Phase {
         start: usize,
         len: usize,
     },
+    /// Writing sluice's own Ping, `frame[written..n]` still to go; then scan
+    /// `buf[start..len]` (nothing when they are equal: back to reading).
+    Ping {
+        frame: [u8; frame::PING_FRAME_MAX],
+        n: u8,
+        written: u8,
+        start: usize,
+        len: usize,
+    },
 }
 
 /// Why a direction's relay loop stopped.
@@ -124,9 +141,28 @@ impl Gate for RelayGate<'_> {
     type Stop = Stop;
 
     fn boundary(&mut self) -> Option<Stop> {
-        self.ctl
-            .close_requested(self.dir.receiver())
-            .map(Stop::InjectClose)
+        let receiver = self.dir.receiver();
+        match self.ctl.insert_due(receiver)? {
+            Insert::Close(code) => Some(Stop::InjectClose(code)),
+            // Nothing more goes to a peer after its Close, not even a Ping.
+            Insert::Ping if *self.closed_dst => {
+                self.ctl.ping_done(receiver, false);
+                None
+            }
+            Insert::Ping => Some(Stop::InjectPing),
+        }
+    }
+
+    fn pong(&mut self, frame: &Header, wire: &[u8]) -> Option<Stop> {
+        if frame.payload_len != frame::PING_TOKEN_LEN as u64 {
+            return None;
+        }
+        let mut payload = [0u8; frame::PING_TOKEN_LEN];
+        payload.copy_from_slice(&wire[usize::from(frame.header_len)..]);
+        if let Some(mask) = frame.mask {
+            frame::apply_mask(&mut payload, mask, 0);
+        }
+        (payload == ping_token()).then_some(Stop::Skip(wire.len()))
     }
 
     fn take(&mut self, frame: &Header) -> Result<(), Stop> {
@@ -226,13 +262,14 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
             match &mut self.phase {
                 Phase::Read => match std::task::ready!(self.poll_input(cx, ctl)) {
                     Input::Data(n) => {
-                        ctl.touch();
+                        ctl.heard_from(self.dir.sender());
                         ctl.bytes[self.dir].fetch_add(n as u64, Ordering::Relaxed);
                         let len = std::mem::take(&mut self.held) + n;
                         self.phase = self.scanned(0, len, ctl, policy);
                     }
                     Input::Ended => return Poll::Ready(End::SourceEnded),
                     Input::CloseRequested(code) => return Poll::Ready(End::Close(code)),
+                    Input::PingDue => self.phase = self.ping(0, 0),
                 },
                 Phase::Write { from, to, .. } => {
                     if *from < *to {
@@ -255,6 +292,7 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
                                     ctl.request_close(sender, codes[sender]);
                                     return Poll::Ready(End::WriteFailed);
                                 }
+                                ctl.forwarded(self.dir);
                                 if self.closed_dst {
                                     ctl.close_delivered[self.dir].store(true, Ordering::Release);
                                 }
@@ -286,7 +324,45 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
                             };
                         }
                         Some(Stop::InjectClose(code)) => return Poll::Ready(End::Close(code)),
+                        Some(Stop::InjectPing) => self.phase = self.ping(to, len),
+                        Some(Stop::Skip(n)) => self.phase = self.scanned(to + n, len, ctl, policy),
                         Some(Stop::Violation(v)) => return Poll::Ready(End::Violation(v)),
+                    }
+                }
+                Phase::Ping {
+                    frame, n, written, ..
+                } => {
+                    let receiver = self.dir.receiver();
+                    let mut at = usize::from(*written);
+                    let result = poll_write_all(self.dst, &frame[..], &mut at, usize::from(*n), cx);
+                    *written = at as u8;
+                    let blocked = &ctl.write_blocked[receiver];
+                    match result {
+                        Poll::Pending => {
+                            if blocked.load(Ordering::Relaxed) == 0 {
+                                blocked.store(ctl.now_ms() + 1, Ordering::Relaxed);
+                            }
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Err(_)) => {
+                            blocked.store(0, Ordering::Relaxed);
+                            let codes = ctl.end(Ending::Vanished(receiver));
+                            let sender = self.dir.sender();
+                            ctl.request_close(sender, codes[sender]);
+                            return Poll::Ready(End::WriteFailed);
+                        }
+                        Poll::Ready(Ok(())) => {
+                            blocked.store(0, Ordering::Relaxed);
+                            ctl.ping_done(receiver, true);
+                            let Phase::Ping { start, len, .. } =
+                                std::mem::replace(&mut self.phase, Phase::Read)
+                            else {
+                                unreachable!("matched above")
+                            };
+                            if start < len {
+                                self.phase = self.scanned(start, len, ctl, policy);
+                            }
+                        }
                     }
                 }
                 Phase::Throttle { sleep, start, len } => {
@@ -295,6 +371,24 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
                     self.phase = self.scanned(start, len, ctl, policy);
                 }
             }
+        }
+    }
+
+    /// sluice's own Ping toward our receiver (masked toward the backend,
+    /// where sluice is the client); then `buf[start..len]` is scanned.
+    fn ping(&self, start: usize, len: usize) -> Phase {
+        let mask = match self.dir.receiver() {
+            Side::Backend => Some(frame::random_bytes()),
+            Side::Client => None,
+        };
+        let mut out = [0u8; frame::PING_FRAME_MAX];
+        let n = frame::encode_ping(ping_token(), mask, &mut out);
+        Phase::Ping {
+            frame: out,
+            n: n as u8,
+            written: 0,
+            start,
+            len,
         }
     }
 
@@ -329,8 +423,12 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
     fn poll_input(&mut self, cx: &mut std::task::Context<'_>, ctl: &Control) -> Poll<Input> {
         loop {
             if self.scanner.at_boundary() {
-                if let Some(code) = ctl.close_requested(self.dir.receiver()) {
-                    return Poll::Ready(Input::CloseRequested(code));
+                let receiver = self.dir.receiver();
+                match ctl.insert_due(receiver) {
+                    Some(Insert::Close(code)) => return Poll::Ready(Input::CloseRequested(code)),
+                    Some(Insert::Ping) if self.closed_dst => ctl.ping_done(receiver, false),
+                    Some(Insert::Ping) => return Poll::Ready(Input::PingDue),
+                    None => {}
                 }
             }
             let small = self.buf.as_ref().is_none_or(|b| b.len() < BUF_LEN);

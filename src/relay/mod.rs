@@ -11,7 +11,10 @@
 //!   driven the same way by the relay, the fuzzer, the property tests and
 //!   the bench;
 //! * `control`: the state the directions and the watchdog share, and the
-//!   watchdog (idle, stalled writers, drain, live counters);
+//!   watchdog (idle, stalled writers, keep-alive pings and dead peers,
+//!   planned ends, live counters);
+//! * [`closing`]: what the daemon asks of open tunnels (the drain, backend
+//!   removals) and the windows their closes are spread over;
 //! * [`ending`]: why a tunnel ends and the one table from that to the Close
 //!   codes each side gets; [`side`]: sides, directions and values per each;
 //! * `buffers`: the read buffers and their shared spares.
@@ -21,10 +24,12 @@
 //!   that breaks a rule never reaches the other side, not even its header.
 //! * Payload bytes are forwarded as they arrive: never unmasked, re-masked or
 //!   gathered into messages. Only a partial header (at most 14 bytes) or a
-//!   Close frame (at most 131 bytes, so its code can be checked) is held back.
-//! * sluice writes its own Close frames only at a frame boundary of the
-//!   stream it writes to, masked toward the backend (sluice is the client on
-//!   that leg) and unmasked toward the client.
+//!   Close or Pong frame (at most 131 bytes, so a Close's code can be
+//!   checked and the Pong answering sluice's own Ping recognised and
+//!   dropped) is held back.
+//! * sluice writes its own Close and Ping frames only at a frame boundary of
+//!   the stream it writes to, masked toward the backend (sluice is the
+//!   client on that leg) and unmasked toward the client.
 //!
 //! The relay core is generic over the two streams so that it runs unchanged
 //! on raw TCP, TLS, or hyper's `Upgraded` (WebSocket over h2).
@@ -40,6 +45,7 @@ use crate::config::OnMessageRate;
 use crate::stream::Peer;
 
 mod buffers;
+pub mod closing;
 mod control;
 pub mod ending;
 mod half;
@@ -47,6 +53,7 @@ pub mod scan;
 pub mod side;
 mod tunnel;
 
+pub use closing::{Closing, Spread};
 pub use ending::{CloseCode, Ending};
 pub use scan::{Rules, Violation, RSV1};
 pub use side::{Direction, PerDirection, PerSide, Side};
@@ -65,6 +72,10 @@ pub struct Policy {
     /// Close 1001 both ways after this, ±10 % jitter (so tunnels opened
     /// together do not all end together); zero = never.
     pub max_lifetime: Duration,
+    /// A side silent this long gets a Ping from sluice; zero = no pings.
+    pub ping_interval: Duration,
+    /// No byte back within this after the Ping: that side is dead.
+    pub ping_timeout: Duration,
     /// Client-to-backend frames (of any opcode): the rate and what to do
     /// above it.
     pub message_rate: MessageRate,
@@ -97,8 +108,9 @@ pub struct Report {
 /// Runs a tunnel until both directions are finished.
 ///
 /// `client_pre` / `backend_pre` are bytes hyper read past the handshake; they
-/// are scanned like any other bytes. `shutdown` turning true drains the
-/// tunnel: Close 1001 to both sides at their next frame boundary.
+/// are scanned like any other bytes. `closing` is what the daemon asks of
+/// the tunnel from outside (the drain, a removal of its backend): Close
+/// frames at the tunnel's moment in the window, at frame boundaries.
 ///
 /// Not an `async fn`: an idle tunnel is mostly this future, and an `async fn`
 /// keeps its arguments in the future for its whole life even after moving
@@ -110,7 +122,7 @@ pub fn run<C: Peer, B: Peer>(
     backend_pre: Bytes,
     policy: Policy,
     live: Live,
-    shutdown: watch::Receiver<bool>,
+    closing: watch::Receiver<Closing>,
 ) -> impl std::future::Future<Output = Report> + Send {
     let ctl = Control::new(live, policy.max_lifetime);
     // Both halves of a stream are used from this one task, so the lock is
@@ -120,7 +132,7 @@ pub fn run<C: Peer, B: Peer>(
     let client_pre = Pending::from(client_pre);
     let backend_pre = Pending::from(backend_pre);
     async move {
-        let mut shutdown = shutdown;
+        let mut closing = closing;
         let mut from_client = Half::new(
             Direction::ClientToBackend,
             &client,
@@ -159,7 +171,7 @@ pub fn run<C: Peer, B: Peer>(
         };
         tokio::select! {
             _ = relay => {}
-            _ = control::watch(ctl, policy.idle_timeout, &mut shutdown) => {}
+            _ = control::watch(ctl, &policy, &mut closing) => {}
         }
         ctl.report()
     }

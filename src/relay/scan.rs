@@ -133,6 +133,14 @@ pub trait Gate {
     /// payload checked). `Ok` takes it; `Err` stops the walk before it, and
     /// the same frame comes again on the next walk.
     fn take(&mut self, frame: &Header) -> Result<(), Self::Stop>;
+
+    /// A Pong frame that passed every rule, whole (`wire`: its header and
+    /// payload as sent), before [`Gate::take`]. `Some` stops the walk before
+    /// it: the relay drops the Pong answering its own Ping there and walks
+    /// on after it (a control frame leaves the scanner's state as it was).
+    fn pong(&mut self, _frame: &Header, _wire: &[u8]) -> Option<Self::Stop> {
+        None
+    }
 }
 
 /// A gate that never stops the walk.
@@ -223,14 +231,21 @@ impl Scanner {
             if let Err(v) = self.check(&header, rules) {
                 return (pos, Walk::Violation(v));
             }
-            if header.opcode == frame::opcode::CLOSE {
-                // Held back whole so its code can be checked before it goes.
+            if matches!(header.opcode, frame::opcode::CLOSE | frame::opcode::PONG) {
+                // Held back whole (at most 131 bytes): a Close so its code
+                // can be checked before it goes, a Pong so the relay can
+                // tell the answer to its own Ping by the payload.
                 let total = usize::from(header.header_len) + header.payload_len as usize;
                 if len - pos < total {
                     return (pos, Walk::NeedMore);
                 }
-                if let Err(e) = check_close(&header, &bytes[pos..pos + total]) {
-                    return (pos, Walk::Violation(Violation::BadClose(e)));
+                let wire = &bytes[pos..pos + total];
+                if header.opcode == frame::opcode::CLOSE {
+                    if let Err(e) = check_close(&header, wire) {
+                        return (pos, Walk::Violation(Violation::BadClose(e)));
+                    }
+                } else if let Some(stop) = gate.pong(&header, wire) {
+                    return (pos, Walk::Gate(stop));
                 }
             }
             if let Err(stop) = gate.take(&header) {
@@ -675,6 +690,57 @@ mod tests {
         assert_eq!(
             s.walk(&RULES, &bytes[a.len()..], &mut gate),
             (0, Walk::Gate("close requested"))
+        );
+    }
+
+    /// Drops Pongs whose payload is "own".
+    struct OwnPong;
+
+    impl Gate for OwnPong {
+        type Stop = usize;
+        fn boundary(&mut self) -> Option<usize> {
+            None
+        }
+        fn take(&mut self, _: &Header) -> Result<(), usize> {
+            Ok(())
+        }
+        fn pong(&mut self, h: &Header, wire: &[u8]) -> Option<usize> {
+            let mut payload = wire[usize::from(h.header_len)..].to_vec();
+            if let Some(mask) = h.mask {
+                frame::apply_mask(&mut payload, mask, 0);
+            }
+            (payload == b"own").then_some(wire.len())
+        }
+    }
+
+    /// A Pong is held back until whole, then offered to the gate, which may
+    /// stop before it (to drop it); other Pongs pass like any frame.
+    #[test]
+    fn pongs_are_whole_before_the_gate_sees_them() {
+        use Direction::ClientToBackend as C2B;
+        let own = client(0x8a, b"own");
+        for cut in 0..own.len() {
+            let mut s = Scanner::new(C2B);
+            assert_eq!(
+                s.walk(&RULES, &own[..cut], &mut OwnPong),
+                (0, Walk::NeedMore)
+            );
+        }
+        let text = client(0x81, b"hi");
+        let other = client(0x8a, b"not");
+        let mut bytes = text.clone();
+        bytes.extend(&own);
+        bytes.extend(&other);
+        let mut s = Scanner::new(C2B);
+        assert_eq!(
+            s.walk(&RULES, &bytes, &mut OwnPong),
+            (text.len(), Walk::Gate(own.len()))
+        );
+        assert!(s.at_boundary());
+        let rest = &bytes[text.len() + own.len()..];
+        assert_eq!(
+            s.walk(&RULES, rest, &mut OwnPong),
+            (other.len(), Walk::NeedMore)
         );
     }
 }

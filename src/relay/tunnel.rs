@@ -11,7 +11,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
 use crate::conn::Kept;
-use crate::metrics::{CloseLabel, EndingLabel, Metrics, RouteLabel};
+use crate::metrics::{CloseLabel, DeadLabel, EndingLabel, Metrics, RouteLabel};
 use crate::policy::rate::{ConnectionGuard, TunnelSlot};
 use crate::pool::Lease;
 use crate::shared::{Shared, Tracked};
@@ -61,40 +61,76 @@ impl Tunnel {
     /// hyper completes the client upgrade only after the response is written.
     pub fn spawn(self, shared: Arc<Shared>, holds: Holds) {
         let live = shared.metrics.route_traffic(&self.who.route);
-        let shutdown = shared.shutdown_signal();
+        let closing = shared
+            .tunnel_signals
+            .subscribe(&self.who.route, &self.who.backend);
         tokio::spawn(async move {
-            let who = self.who;
-            let client = match self.client.await {
+            let Tunnel {
+                who,
+                client,
+                backend,
+                backend_pre,
+                policy,
+            } = self;
+            let client = match client.await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(peer = %who.peer, route = who.route, error = %e, "client upgrade did not complete");
                     return;
                 }
             };
-            let open = shared
-                .metrics
-                .tunnels_open
-                .get_or_create(&RouteLabel {
-                    route: who.route.clone(),
-                })
-                .clone();
-            open.inc();
             let (client, client_pre) = unwrap_client(client);
-            let report = super::run(
+            let relay = super::run(
                 client,
                 client_pre,
-                self.backend,
-                self.backend_pre,
-                self.policy,
+                backend,
+                backend_pre,
+                policy,
                 live,
-                shutdown,
-            )
-            .await;
-            open.dec();
-            record(&who, &report, &shared.metrics);
-            // Last: the drain waits for the tracker, so the log line is out first.
-            drop(holds);
+                closing,
+            );
+            // The relay goes on in a task of its own. This one's layout
+            // keeps a slot for everything the handshake handed over (the
+            // upgrade, both streams before they moved into the relay, the
+            // relay itself before it is awaited) for as long as it runs:
+            // an idle tunnel would pay for much of it twice.
+            tokio::spawn(relay_and_record(relay, who, shared, holds));
         });
+    }
+}
+
+/// Runs the relay, then counts and logs how the tunnel ended and releases
+/// what it held. Not an `async fn` (which rebinds its arguments inside the
+/// future, rust-lang/rust#62958), and the relay not `.await`ed (which moves
+/// it into a slot of its own): either would keep the relay, most of an idle
+/// tunnel, twice. It is polled where it lies.
+#[allow(clippy::manual_async_fn)]
+fn relay_and_record(
+    mut relay: impl std::future::Future<Output = Report> + Send,
+    who: Who,
+    shared: Arc<Shared>,
+    holds: Holds,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let open = shared
+            .metrics
+            .tunnels_open
+            .get_or_create(&RouteLabel {
+                route: who.route.clone(),
+            })
+            .clone();
+        open.inc();
+        let report = std::future::poll_fn(|cx| {
+            // SAFETY: `relay` lives in this future, which is pinned from its
+            // first poll to its end, and is never moved after this point:
+            // it is only ever touched through this pinned reference.
+            unsafe { std::pin::Pin::new_unchecked(&mut relay) }.poll(cx)
+        })
+        .await;
+        open.dec();
+        record(&who, &report, &shared.metrics);
+        // Last: the drain waits for the tracker, so the log line is out first.
+        drop(holds);
     }
 }
 
@@ -124,6 +160,18 @@ fn record(who: &Who, report: &Report, metrics: &Metrics) {
                 })
                 .inc();
         }
+    }
+    if let super::Ending::Dead(side) = report.ending {
+        metrics
+            .peers_dead
+            .get_or_create(&DeadLabel {
+                route: route.clone(),
+                side: match side {
+                    Side::Client => "client",
+                    Side::Backend => "backend",
+                },
+            })
+            .inc();
     }
     metrics
         .tunnel_endings

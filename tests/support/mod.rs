@@ -712,3 +712,4 @@ pub async fn raw_ws(addr: SocketAddr, path: &str) -> TcpStream {
 
 pub mod hostile;
 pub mod redis_server;
+pub mod tunnels;

@@ -397,6 +397,8 @@ fn open_tunnel(
             },
             idle_timeout: ctx.snapshot.config.server.idle_timeout,
             max_lifetime: policy.max_lifetime,
+            ping_interval: policy.ping_interval,
+            ping_timeout: policy.ping_timeout,
             message_rate: relay::MessageRate {
                 per_second: route.limits.messages_per_second,
                 burst: route.limits.message_burst,
