@@ -10,7 +10,7 @@
 //!           |         |                 |              |              |
 //!         shared     conn      proxy::{ctx, error}   negotiate,    relay::{half, control, closing,
 //!           |                  headers, route,       backend_leg     ending, side, buffers}
-//!         config, tls          policy -> config       pool -> backend
+//!    config, tls -> acme       policy -> config       pool -> backend
 //! ```
 //!
 //! * [`config`] turns the TOML file into a validated [`config::Config`]
@@ -19,6 +19,11 @@
 //! * [`shared`] holds the current [`shared::Snapshot`] (config, router, TLS
 //!   acceptor and certificates, limiters) behind an `ArcSwap`; a connection
 //!   takes one snapshot at accept time and keeps it for its whole life.
+//! * [`tls`] builds the listeners' rustls config and [`tls::Sites`], the
+//!   SNI resolver over the certificate files and [`acme::Certs`] (the
+//!   certificate ACME issued and the challenge answers in progress). The
+//!   daemon runs [`acme::renew`], the one task that talks to the ACME
+//!   server and swaps a new certificate into `Certs` without a reload.
 //! * [`server`] owns listeners and the life of one client connection, top to
 //!   bottom: the ceilings at accept, TLS, the first-request and keep-alive
 //!   deadlines, hyper. [`conn`] is what one connection holds (its places
@@ -45,8 +50,9 @@
 //!   (`control`: idle, keep-alive pings, planned ends), what the daemon asks
 //!   of open tunnels (`relay::closing`: drains and backend removals, spread
 //!   over a window; plain types that [`shared`] publishes, so that leaf is
-//!   the one part of `relay` that `shared` names), over [`relay::scan`], the RFC 6455 rules as a sans-IO
-//!   scanner that the fuzzer, the property tests and the bench drive too.
+//!   the one part of `relay` that `shared` names), over [`relay::scan`],
+//!   the RFC 6455 rules as a sans-IO scanner that the fuzzer, the property
+//!   tests and the bench drive too.
 //! * [`policy`] is the state behind the limits: `policy::rate` (the local
 //!   per-IP limiters and counts, the tunnel caps), `policy::origin`, and
 //!   `policy::cluster` (`[cluster]`: the per-IP rate and tunnel cap shared
