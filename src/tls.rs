@@ -62,6 +62,9 @@ pub fn load(
                 ));
             }
         }
+        if let Some(ca) = &certs.config.directory_ca {
+            add_roots(&mut RootCertStore::empty(), ca, &config.path)?;
+        }
         sites.acme = Some(certs);
     }
     let sites = Arc::new(sites);
@@ -459,21 +462,7 @@ pub fn backend_client_config(
     let roots = match &route.ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(&ca.value)
-                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| {
-                    ca.error(
-                        file,
-                        format!("cannot load CA bundle {}: {e}", ca.value.display()),
-                    )
-                })?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(ca.error(
-                    file,
-                    format!("no usable CA certificate in {}", ca.value.display()),
-                ));
-            }
+            add_roots(&mut roots, ca, file)?;
             roots
         }
         None => system_roots().clone(),
@@ -514,8 +503,33 @@ pub fn backend_client_config(
     Ok(Arc::new(config))
 }
 
+/// Adds the certificates of the PEM bundle `ca` to `roots`; fails, naming
+/// the file, when it cannot be read or holds no usable certificate.
+pub fn add_roots(
+    roots: &mut RootCertStore,
+    ca: &Located<PathBuf>,
+    file: &Path,
+) -> Result<(), ConfigError> {
+    let certs = CertificateDer::pem_file_iter(&ca.value)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            ca.error(
+                file,
+                format!("cannot load CA bundle {}: {e}", ca.value.display()),
+            )
+        })?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(ca.error(
+            file,
+            format!("no usable CA certificate in {}", ca.value.display()),
+        ));
+    }
+    Ok(())
+}
+
 /// The system's roots, read once per process.
-fn system_roots() -> &'static RootCertStore {
+pub(crate) fn system_roots() -> &'static RootCertStore {
     static ROOTS: std::sync::OnceLock<RootCertStore> = std::sync::OnceLock::new();
     ROOTS.get_or_init(|| {
         let mut roots = RootCertStore::empty();

@@ -550,3 +550,28 @@ fn a_name_claimed_by_a_file_and_acme_is_refused() {
         "{err}"
     );
 }
+
+/// A `directory_ca` that cannot be read is a config error at its line, not
+/// a failure at the first order.
+#[test]
+fn an_unreadable_directory_ca_is_a_config_error() {
+    let dir = TestCert::new().dir;
+    let body = format!(
+        "[server]\nlisten = [\"127.0.0.1:8443\"]\n[[route]]\nbackends = [\"127.0.0.1:9\"]\n\
+         [tls.acme]\ndomains = [\"a.sluice.test\"]\ndirectory_ca = \"{}\"\nstorage = \"{}\"\n",
+        dir.join("missing.pem").display(),
+        dir.join("acme").display()
+    );
+    let (_dir, config) = write_config(&body);
+    let out = Command::new(support::hostile::BIN)
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(":7: tls.acme.directory_ca: cannot load CA bundle"),
+        "{err}"
+    );
+}

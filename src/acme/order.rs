@@ -33,10 +33,6 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(180);
 /// attempt, naming the directory) and retried with backoff while whatever
 /// is being served stays. `issued` runs after each new certificate is in.
 pub async fn renew(certs: Arc<Certs>, issued: impl Fn() + Send + 'static) {
-    // instant-acme's HTTP client takes the process's default provider;
-    // with two compiled in (ring for tests, aws-lc-rs) there is none until
-    // one is installed. Fails only when one already is, which is as good.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config = &certs.config;
     // The HTTP-01 listener of its own, when configured: bound for the
     // task's life (it answers nothing but challenges).
@@ -177,11 +173,8 @@ async fn obtain(certs: &Certs) -> anyhow::Result<Issued> {
 /// The stored account for this directory, or a new one (then stored).
 async fn account(certs: &Certs) -> anyhow::Result<Account> {
     let config = &certs.config;
-    let builder = || match &config.directory_ca {
-        Some(ca) => {
-            Account::builder_with_root(ca).with_context(|| format!("directory_ca {}", ca.display()))
-        }
-        None => Account::builder().context("HTTP client"),
+    let builder = || -> anyhow::Result<instant_acme::AccountBuilder> {
+        Ok(Account::builder_with_http(http_client(config)?))
     };
     let stored = store::load_account(config)
         .with_context(|| format!("reading {}", store::account_file(config).display()))?;
@@ -215,6 +208,31 @@ async fn account(certs: &Certs) -> anyhow::Result<Account> {
         .with_context(|| format!("storing the account in {}", config.storage.display()))?;
     tracing::info!(directory = %config.directory, account = account.id(), file = %file.display(), "ACME account created");
     Ok(account)
+}
+
+/// The HTTPS client toward the directory: the system's roots (those the
+/// backends are checked against) plus `directory_ca`'s.
+fn http_client(config: &crate::config::Acme) -> anyhow::Result<Box<dyn instant_acme::HttpClient>> {
+    let mut roots = crate::tls::system_roots().clone();
+    if let Some(ca) = &config.directory_ca {
+        crate::tls::add_roots(&mut roots, ca, std::path::Path::new("tls.acme"))
+            .map_err(|e| anyhow!(e.problem))?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    Ok(Box::new(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https),
+    ))
 }
 
 /// What the server said about a failed validation, per name.

@@ -112,9 +112,9 @@ pub struct Acme {
     pub email: Option<String>,
     /// The ACME directory URL (https).
     pub directory: String,
-    /// A PEM root the directory's TLS is checked against instead of the
-    /// system roots (a private ACME server).
-    pub directory_ca: Option<PathBuf>,
+    /// PEM roots the directory's TLS is checked against besides the
+    /// system's (a private ACME server).
+    pub directory_ca: Option<Located<PathBuf>>,
     pub challenge: AcmeChallenge,
     /// HTTP-01 on its own listener rather than on `listen_plain`.
     pub http01_listen: Option<SocketAddr>,
@@ -131,7 +131,8 @@ impl Acme {
         self.domains == other.domains
             && self.email == other.email
             && self.directory == other.directory
-            && self.directory_ca == other.directory_ca
+            && self.directory_ca.as_ref().map(|c| &c.value)
+                == other.directory_ca.as_ref().map(|c| &c.value)
             && self.challenge == other.challenge
             && self.http01_listen == other.http01_listen
             && self.storage == other.storage

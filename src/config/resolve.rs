@@ -371,7 +371,7 @@ impl Source<'_> {
         };
         let directory_ca = match &raw.directory_ca {
             Some(p) if !p.get_ref().is_empty() => {
-                Some(self.locate(p, "tls.acme.directory_ca".to_owned())?.value)
+                Some(self.locate(p, "tls.acme.directory_ca".to_owned())?)
             }
             _ => None,
         };
