@@ -212,10 +212,16 @@ impl Control {
 
     /// What the direction writing to `side` must insert at its next frame
     /// boundary: a requested Close first, else a due Ping. One load.
-    pub fn insert_due(&self, side: Side) -> Option<Insert> {
+    /// `closed`: a Close already went to `side`, after which nothing more
+    /// goes there, not even a Ping (a due one is dropped).
+    pub fn insert_due(&self, side: Side, closed: bool) -> Option<Insert> {
         let r = self.request[side].load(Ordering::Acquire);
         match CloseCode::from_u16(r & !PING_DUE) {
             Some(code) => Some(Insert::Close(code)),
+            None if r & PING_DUE != 0 && closed => {
+                self.ping_done(side, false);
+                None
+            }
             None if r & PING_DUE != 0 => Some(Insert::Ping),
             None => None,
         }

@@ -141,14 +141,8 @@ impl Gate for RelayGate<'_> {
     type Stop = Stop;
 
     fn boundary(&mut self) -> Option<Stop> {
-        let receiver = self.dir.receiver();
-        match self.ctl.insert_due(receiver)? {
+        match self.ctl.insert_due(self.dir.receiver(), *self.closed_dst)? {
             Insert::Close(code) => Some(Stop::InjectClose(code)),
-            // Nothing more goes to a peer after its Close, not even a Ping.
-            Insert::Ping if *self.closed_dst => {
-                self.ctl.ping_done(receiver, false);
-                None
-            }
             Insert::Ping => Some(Stop::InjectPing),
         }
     }
@@ -274,29 +268,13 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
                 Phase::Write { from, to, .. } => {
                     if *from < *to {
                         let buf = self.buf.as_ref().expect("writes come from a held buffer");
-                        let receiver = self.dir.receiver();
-                        let blocked = &ctl.write_blocked[receiver];
-                        match poll_write_all(self.dst, buf, from, *to, cx) {
-                            Poll::Pending => {
-                                // The watchdog ends a write stalled for idle_timeout.
-                                if blocked.load(Ordering::Relaxed) == 0 {
-                                    blocked.store(ctl.now_ms() + 1, Ordering::Relaxed);
-                                }
-                                return Poll::Pending;
-                            }
-                            Poll::Ready(result) => {
-                                blocked.store(0, Ordering::Relaxed);
-                                if result.is_err() {
-                                    let codes = ctl.end(Ending::Vanished(receiver));
-                                    let sender = self.dir.sender();
-                                    ctl.request_close(sender, codes[sender]);
-                                    return Poll::Ready(End::WriteFailed);
-                                }
-                                ctl.forwarded(self.dir);
-                                if self.closed_dst {
-                                    ctl.close_delivered[self.dir].store(true, Ordering::Release);
-                                }
-                            }
+                        let sent = send(self.dst, buf, from, *to, cx, ctl, self.dir);
+                        if let Err(end) = std::task::ready!(sent) {
+                            return Poll::Ready(end);
+                        }
+                        ctl.forwarded(self.dir);
+                        if self.closed_dst {
+                            ctl.close_delivered[self.dir].store(true, Ordering::Release);
                         }
                     }
                     let Phase::Write { to, len, then, .. } =
@@ -332,37 +310,28 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
                 Phase::Ping {
                     frame, n, written, ..
                 } => {
-                    let receiver = self.dir.receiver();
                     let mut at = usize::from(*written);
-                    let result = poll_write_all(self.dst, &frame[..], &mut at, usize::from(*n), cx);
+                    let sent = send(
+                        self.dst,
+                        &frame[..],
+                        &mut at,
+                        usize::from(*n),
+                        cx,
+                        ctl,
+                        self.dir,
+                    );
                     *written = at as u8;
-                    let blocked = &ctl.write_blocked[receiver];
-                    match result {
-                        Poll::Pending => {
-                            if blocked.load(Ordering::Relaxed) == 0 {
-                                blocked.store(ctl.now_ms() + 1, Ordering::Relaxed);
-                            }
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(Err(_)) => {
-                            blocked.store(0, Ordering::Relaxed);
-                            let codes = ctl.end(Ending::Vanished(receiver));
-                            let sender = self.dir.sender();
-                            ctl.request_close(sender, codes[sender]);
-                            return Poll::Ready(End::WriteFailed);
-                        }
-                        Poll::Ready(Ok(())) => {
-                            blocked.store(0, Ordering::Relaxed);
-                            ctl.ping_done(receiver, true);
-                            let Phase::Ping { start, len, .. } =
-                                std::mem::replace(&mut self.phase, Phase::Read)
-                            else {
-                                unreachable!("matched above")
-                            };
-                            if start < len {
-                                self.phase = self.scanned(start, len, ctl, policy);
-                            }
-                        }
+                    if let Err(end) = std::task::ready!(sent) {
+                        return Poll::Ready(end);
+                    }
+                    ctl.ping_done(self.dir.receiver(), true);
+                    let Phase::Ping { start, len, .. } =
+                        std::mem::replace(&mut self.phase, Phase::Read)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    if start < len {
+                        self.phase = self.scanned(start, len, ctl, policy);
                     }
                 }
                 Phase::Throttle { sleep, start, len } => {
@@ -423,10 +392,8 @@ impl<'a, R: Peer, W: Peer> Half<'a, R, W> {
     fn poll_input(&mut self, cx: &mut std::task::Context<'_>, ctl: &Control) -> Poll<Input> {
         loop {
             if self.scanner.at_boundary() {
-                let receiver = self.dir.receiver();
-                match ctl.insert_due(receiver) {
+                match ctl.insert_due(self.dir.receiver(), self.closed_dst) {
                     Some(Insert::Close(code)) => return Poll::Ready(Input::CloseRequested(code)),
-                    Some(Insert::Ping) if self.closed_dst => ctl.ping_done(receiver, false),
                     Some(Insert::Ping) => return Poll::Ready(Input::PingDue),
                     None => {}
                 }
@@ -578,6 +545,42 @@ async fn write_all<W: AsyncWrite + Unpin>(dst: &Mutex<W>, bytes: &[u8]) -> io::R
 }
 
 /// Writes `buf[*from..to]` and flushes, advancing `from` as bytes go.
+/// Writes `bytes[*from..to]` toward `dir`'s receiver, keeping the
+/// watchdog's clock of a stalled write (set while it waits, so a write
+/// stalled for idle_timeout ends the tunnel; cleared when it is done). A
+/// failed write ends the tunnel: the receiver vanished, and the sender is
+/// asked to close with its code.
+fn send<W: AsyncWrite + Unpin>(
+    dst: &Mutex<W>,
+    bytes: &[u8],
+    from: &mut usize,
+    to: usize,
+    cx: &mut std::task::Context<'_>,
+    ctl: &Control,
+    dir: Direction,
+) -> Poll<Result<(), End>> {
+    let receiver = dir.receiver();
+    let blocked = &ctl.write_blocked[receiver];
+    match poll_write_all(dst, bytes, from, to, cx) {
+        Poll::Pending => {
+            if blocked.load(Ordering::Relaxed) == 0 {
+                blocked.store(ctl.now_ms() + 1, Ordering::Relaxed);
+            }
+            Poll::Pending
+        }
+        Poll::Ready(result) => {
+            blocked.store(0, Ordering::Relaxed);
+            if result.is_err() {
+                let codes = ctl.end(Ending::Vanished(receiver));
+                let sender = dir.sender();
+                ctl.request_close(sender, codes[sender]);
+                return Poll::Ready(Err(End::WriteFailed));
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+}
+
 fn poll_write_all<W: AsyncWrite + Unpin>(
     dst: &Mutex<W>,
     buf: &[u8],
