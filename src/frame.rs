@@ -234,12 +234,20 @@ pub fn encode_close(
         cut -= 1;
     }
     let reason = &reason.as_bytes()[..cut];
-    let payload_len = 2 + reason.len(); // <= 125: fits the 7-bit length (§5.2).
+    encode_control(opcode::CLOSE, &[&code.to_be_bytes(), reason], mask, out)
+}
 
+/// A FIN control frame of `opcode` whose payload is `parts` one after the
+/// other (at most 125 bytes, so the 7-bit length fits, §5.2, §5.5), masked
+/// with `mask` when Some, written to the start of `out`. Returns the number
+/// of bytes written.
+fn encode_control(opcode: u8, parts: &[&[u8]], mask: Option<[u8; 4]>, out: &mut [u8]) -> usize {
+    let payload_len: usize = parts.iter().map(|p| p.len()).sum();
+    debug_assert!(payload_len <= 125);
     // §5.5: control frames are never fragmented, so FIN is set. §5.2: RSV bits
     // only carry meaning for a negotiated extension, and sluice originates
     // this frame itself, under none.
-    out[0] = 0x80 | opcode::CLOSE;
+    out[0] = 0x80 | opcode;
     out[1] = payload_len as u8 | if mask.is_some() { 0x80 } else { 0 };
     let mut pos = 2;
     if let Some(key) = mask {
@@ -247,8 +255,11 @@ pub fn encode_close(
         pos = 6;
     }
     let payload = &mut out[pos..pos + payload_len];
-    payload[..2].copy_from_slice(&code.to_be_bytes());
-    payload[2..].copy_from_slice(reason);
+    let mut at = 0;
+    for part in parts {
+        payload[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
     // §5.3: a client MUST mask every frame it sends to the server.
     if let Some(key) = mask {
         apply_mask(payload, key, 0);
@@ -268,19 +279,7 @@ pub fn encode_ping(
     mask: Option<[u8; 4]>,
     out: &mut [u8; PING_FRAME_MAX],
 ) -> usize {
-    out[0] = 0x80 | opcode::PING;
-    out[1] = PING_TOKEN_LEN as u8 | if mask.is_some() { 0x80 } else { 0 };
-    let mut pos = 2;
-    if let Some(key) = mask {
-        out[2..6].copy_from_slice(&key);
-        pos = 6;
-    }
-    let payload = &mut out[pos..pos + PING_TOKEN_LEN];
-    payload.copy_from_slice(&token);
-    if let Some(key) = mask {
-        apply_mask(payload, key, 0);
-    }
-    pos + PING_TOKEN_LEN
+    encode_control(opcode::PING, &[&token], mask, out)
 }
 
 /// Unpredictable bytes for masking keys and `Sec-WebSocket-Key`s that

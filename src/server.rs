@@ -90,23 +90,15 @@ impl Listener {
                     // A balancer's connections are counted per client once
                     // its PROXY header names the client, not here.
                     let behind = proxy_protocol_peer(&snapshot, peer);
-                    let per_ip = snapshot.config.server.max_client_connections_per_ip;
-                    let admitted = if behind {
-                        Ok(None)
+                    let per_ip = if behind {
+                        None
                     } else {
-                        conn::admit(&shared.client_conns, peer.ip(), per_ip)
-                    };
-                    let per_ip = match admitted {
-                        Ok(guard) => guard,
-                        Err(refused) => {
-                            shared.metrics.connection_closed(CloseReason::from(refused));
-                            if let Some(suppressed) =
-                                shared.per_ip_log.pass(Instant::now(), shared.started)
-                            {
-                                tracing::info!(%peer, max = per_ip, suppressed, "connection refused: max_client_connections_per_ip reached");
+                        match admit_per_ip(&shared, &snapshot, peer) {
+                            Some(guard) => guard,
+                            None => {
+                                drop(tcp);
+                                continue;
                             }
-                            drop(tcp);
-                            continue;
                         }
                     };
                     let client = Client::new(Instant::now(), Some(place), per_ip);
@@ -133,6 +125,28 @@ impl Listener {
             }
         }
         tracing::debug!(listener = ?local, "listener closed");
+    }
+}
+
+/// `max_client_connections_per_ip` for `peer` (the accepted socket's, or
+/// the client a PROXY header names): its place (`Some(None)` without a
+/// cap), or `None` when it is refused, counted and logged (one line a
+/// second at most).
+fn admit_per_ip(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    peer: SocketAddr,
+) -> Option<Option<crate::policy::rate::ConnectionGuard>> {
+    let per_ip = snapshot.config.server.max_client_connections_per_ip;
+    match conn::admit(&shared.client_conns, peer.ip(), per_ip) {
+        Ok(guard) => Some(guard),
+        Err(refused) => {
+            shared.metrics.connection_closed(CloseReason::from(refused));
+            if let Some(suppressed) = shared.per_ip_log.pass(Instant::now(), shared.started) {
+                tracing::info!(%peer, max = per_ip, suppressed, "connection refused: max_client_connections_per_ip reached");
+            }
+            None
+        }
     }
 }
 
@@ -224,16 +238,9 @@ async fn connection(
         if let Some(destination) = carried.destination {
             local = destination;
         }
-        let per_ip = snapshot.config.server.max_client_connections_per_ip;
-        match conn::admit(&shared.client_conns, peer.ip(), per_ip) {
-            Ok(guard) => client.hold_per_ip(guard),
-            Err(refused) => {
-                shared.metrics.connection_closed(CloseReason::from(refused));
-                if let Some(suppressed) = shared.per_ip_log.pass(Instant::now(), shared.started) {
-                    tracing::info!(%peer, max = per_ip, suppressed, "connection refused: max_client_connections_per_ip reached");
-                }
-                return;
-            }
+        match admit_per_ip(&shared, &snapshot, peer) {
+            Some(guard) => client.hold_per_ip(guard),
+            None => return,
         }
     }
 

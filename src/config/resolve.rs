@@ -224,26 +224,8 @@ impl Source<'_> {
             .as_ref()
             .map_or(Duration::from_secs(30), |d| d.get_ref().0);
 
-        let trusted_proxies = raw
-            .trusted_proxies
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, p)| {
-                parse_proxy(p.get_ref())
-                    .map_err(|why| self.err_at(p, format!("server.trusted_proxies[{i}]"), why))
-            })
-            .collect::<Result<_, _>>()?;
-        let proxy_protocol = raw
-            .proxy_protocol
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, p)| {
-                parse_proxy(p.get_ref())
-                    .map_err(|why| self.err_at(p, format!("server.proxy_protocol[{i}]"), why))
-            })
-            .collect::<Result<_, _>>()?;
+        let trusted_proxies = self.peers(&raw.trusted_proxies, "server.trusted_proxies")?;
+        let proxy_protocol = self.peers(&raw.proxy_protocol, "server.proxy_protocol")?;
 
         let tcp_congestion = raw
             .tcp_congestion
@@ -448,6 +430,22 @@ impl Source<'_> {
             storage,
             domains_at: self.place(&raw.domains, "tls.acme.domains".to_owned()),
         })
+    }
+
+    /// A list of peer addresses or CIDRs (`trusted_proxies`,
+    /// `proxy_protocol`); a bare address is stored as /32 or /128.
+    fn peers(
+        &self,
+        raw: &Option<Vec<Spanned<String>>>,
+        key: &str,
+    ) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        raw.iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, p)| {
+                parse_proxy(p.get_ref()).map_err(|why| self.err_at(p, format!("{key}[{i}]"), why))
+            })
+            .collect()
     }
 
     /// A file path from the config, resolved against the config's directory,
